@@ -1,0 +1,50 @@
+# disk-mapper — see README.md. `make demo` and `make test` install their own
+# prerequisites (Debian packages, the guest kernel, Go modules).
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(CURDIR)/build/tools:$(PATH)
+GO ?= go
+
+# Pinned code generators: protoc from Debian bookworm, plugins by exact version.
+PROTOC_VERSION := libprotoc 3.21.12
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
+TOOLS := $(CURDIR)/build/tools
+
+.PHONY: all build deps proto proto-check lint unit test demo clean image vmtest bench
+
+all: build
+
+deps:
+	./scripts/install-deps.sh
+
+build:
+	$(GO) build ./...
+
+$(TOOLS)/protoc-gen-go:
+	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+$(TOOLS)/protoc-gen-go-grpc:
+	GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+
+proto: $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
+	@test "$$(protoc --version)" = "$(PROTOC_VERSION)" || { echo "need $(PROTOC_VERSION), have $$(protoc --version)"; exit 1; }
+	protoc --plugin=$(TOOLS)/protoc-gen-go --plugin=$(TOOLS)/protoc-gen-go-grpc \
+		--go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative \
+		recoverproto/recover.proto joinproto/join.proto
+
+# Fails when the checked-in generated code differs from what `make proto` makes.
+proto-check: proto
+	@git diff --exit-code -- recoverproto joinproto || { echo "generated protobuf code is stale: run make proto and commit"; exit 1; }
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); test -z "$$out" || { echo "gofmt needed: $$out"; exit 1; }
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 ./...
+
+test: deps proto-check lint unit
+
+clean:
+	rm -rf build
