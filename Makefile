@@ -10,7 +10,9 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 TOOLS := $(CURDIR)/build/tools
 
-.PHONY: all build deps proto proto-check lint unit test demo clean image vmtest bench
+include image/image.mk
+
+.PHONY: all build deps proto proto-check lint unit test demo clean vmtest bench
 
 all: build
 
@@ -44,7 +46,14 @@ lint:
 unit:
 	$(GO) test -race -count=1 ./...
 
-test: deps proto-check lint unit
+# The QEMU + swtpm integration suite (TCG; boots one VM at a time).
+vmtest: deps image
+	$(GO) test -tags vmtest -count=1 -timeout 40m -p 1 ./test/...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
+
+test: deps proto-check lint unit image-verify-unit vmtest
 
 clean:
 	rm -rf build

@@ -1,0 +1,75 @@
+// Command disk-mapper unlocks (or, on a blank disk, creates) the node's
+// encrypted state disk early in boot and leaves it mapped at
+// /dev/mapper/state. Exit codes: 0 mapped; 1 failed; 2 bad usage.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/diskmapper/disk-mapper/internal/constants"
+	"github.com/diskmapper/disk-mapper/internal/logging"
+	"github.com/diskmapper/disk-mapper/setup"
+	"github.com/spf13/afero"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/grpclog"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "0.0.0-dev"
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	flags, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	log := logging.New(zapcore.Lock(os.Stdout), zapcore.InfoLevel)
+	defer log.Sync()
+	// gRPC's own logger would write non-JSON lines to the console.
+	grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, io.Discard))
+	log.Info("Starting disk-mapper", zap.String("version", version), zap.String("cloudProvider", flags.cloudProvider))
+
+	// The process holds disk keys: keep it out of core dumps and ptrace by
+	// unprivileged users.
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		log.Warn("Cannot make the process non-dumpable", zap.Error(err))
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	node, err := newNode(flags, log)
+	if err != nil {
+		log.Error("Failed to configure disk-mapper", zap.Error(err))
+		return 1
+	}
+	defer node.close()
+
+	cfg := setup.DefaultConfig()
+	cfg.StateDisk = flags.stateDisk
+	cfg.Integrity = flags.integrity
+	cfg.KeyHandoverFile = flags.keyHandoverFile
+	mgr := setup.New(cfg, log.Named(constants.LoggerSetup), setup.LUKSBackend(), setup.SystemMounter{},
+		afero.NewOsFs(), node.marker, node.sources)
+	if _, err := mgr.Run(ctx); err != nil {
+		if errors.Is(err, context.Canceled) {
+			log.Warn("Stopped before the state disk was mapped", zap.Error(err))
+		} else {
+			log.Error("Failed to prepare state disk", zap.Error(err))
+		}
+		return 1
+	}
+	return 0
+}

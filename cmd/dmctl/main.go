@@ -1,0 +1,72 @@
+// Command dmctl is the operator CLI of disk-mapper:
+//
+//	dmctl recover -e HOST[:PORT] [-e …] --master-secret FILE --measurements FILE [--timeout 5m] [--json]
+//	dmctl master-secret new --out FILE
+//	dmctl measurements --image-measurements FILE --master-secret FILE
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/afero"
+)
+
+// Exit codes.
+const (
+	exitOK     = 0
+	exitFailed = 1 // the command ran, and something it was asked to do failed
+	exitUsage  = 2 // bad flags or input
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, afero.NewOsFs()))
+}
+
+// env is what a subcommand may touch, so tests can run it in-process.
+type env struct {
+	stdout, stderr io.Writer
+	fs             afero.Fs
+}
+
+func run(args []string, stdout, stderr io.Writer, fs afero.Fs) int {
+	e := env{stdout: stdout, stderr: stderr, fs: fs}
+	if len(args) == 0 {
+		usage(stderr)
+		return exitUsage
+	}
+	switch args[0] {
+	case "recover":
+		return e.recoverCmd(args[1:])
+	case "master-secret":
+		if len(args) < 2 || args[1] != "new" {
+			fmt.Fprintln(stderr, "usage: dmctl master-secret new --out FILE")
+			return exitUsage
+		}
+		return e.masterSecretNewCmd(args[2:])
+	case "measurements":
+		return e.measurementsCmd(args[1:])
+	case "help", "-h", "--help":
+		usage(stdout)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "dmctl: unknown command %q\n", args[0])
+		usage(stderr)
+		return exitUsage
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `dmctl: operator CLI of disk-mapper
+
+  dmctl recover -e HOST[:PORT] [-e ...] --master-secret FILE --measurements FILE [--ak-roots FILE] [--timeout 5m] [--json]
+      push each waiting node the key of its state disk (all nodes at once)
+  dmctl master-secret new --out FILE
+      create a cluster master secret (mode 0600, never overwrites)
+  dmctl measurements --image-measurements FILE --master-secret FILE
+      print the PCR values a node of this cluster shows once it has its keys
+
+Run "dmctl COMMAND -h" for the flags of a command.
+`)
+}

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/diskmapper/disk-mapper/dmctl"
+	"github.com/diskmapper/disk-mapper/internal/constants"
+	"github.com/diskmapper/disk-mapper/internal/logging"
+	"github.com/diskmapper/disk-mapper/internal/masterkey"
+	"go.uber.org/zap/zapcore"
+)
+
+// endpointList is a repeatable -e flag that also takes comma-separated lists.
+type endpointList []string
+
+func (l *endpointList) String() string { return strings.Join(*l, ",") }
+func (l *endpointList) Set(v string) error {
+	for _, part := range strings.Split(v, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			*l = append(*l, part)
+		}
+	}
+	return nil
+}
+
+func (e env) recoverCmd(args []string) int {
+	fl := flag.NewFlagSet("dmctl recover", flag.ContinueOnError)
+	fl.SetOutput(e.stderr)
+	var endpoints endpointList
+	fl.Var(&endpoints, "e", fmt.Sprintf("node to recover, HOST[:PORT] (default port %d); repeat or comma-separate for several", constants.RecoveryPort))
+	secretPath := fl.String("master-secret", "", "the cluster's master-secret file")
+	timeout := fl.Duration("timeout", 5*time.Minute, "give up on nodes that have not taken their key after this long")
+	jsonOut := fl.Bool("json", false, "print one JSON object per line instead of text")
+	var att attestationFlags
+	fl.StringVar(&att.measurements, "measurements", "", "expected PCR values of the nodes' image (JSON)")
+	fl.StringVar(&att.akRoots, "ak-roots", "", "PEM file with the platform CA(s) that certify the nodes' attestation keys")
+	fl.BoolVar(&att.trustAnyAK, "insecure-trust-any-ak", false, "DEVELOPMENT ONLY: accept TPM quotes by any attestation key")
+	fl.BoolVar(&att.insecureDevDoc, "insecure-dev-attestation", false, "DEVELOPMENT ONLY: accept nodes without a TPM")
+	if err := fl.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fl.NArg() != 0 {
+		fmt.Fprintf(e.stderr, "dmctl recover: unexpected argument %q\n", fl.Arg(0))
+		return exitUsage
+	}
+	if *secretPath == "" {
+		fmt.Fprintln(e.stderr, "dmctl recover: --master-secret is required")
+		return exitUsage
+	}
+	if *timeout <= 0 {
+		fmt.Fprintln(e.stderr, "dmctl recover: --timeout must be positive")
+		return exitUsage
+	}
+	eps, err := dmctl.NormalizeEndpoints(endpoints, constants.RecoveryPort)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "dmctl recover: %v (give nodes with -e HOST[:PORT])\n", err)
+		return exitUsage
+	}
+	secret, err := masterkey.Load(e.fs, *secretPath)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "dmctl recover: %v\n", err)
+		return exitUsage
+	}
+	defer func() { clear(secret.Key); clear(secret.Salt) }()
+
+	// Warnings (development attestation) go to stderr as log lines.
+	log := logging.New(zapcore.Lock(zapcore.AddSync(e.stderr)), zapcore.WarnLevel)
+	creds, err := recoverCredentials(e.fs, att, log)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "dmctl recover: %v\n", err)
+		return exitUsage
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	rep := newReporter(e, *jsonOut, len(eps) == 1)
+	results, err := dmctl.Recover(ctx, dmctl.RecoverConfig{
+		Endpoints:    eps,
+		MasterSecret: secret,
+		Credentials:  creds,
+		Progress:     rep.progress,
+	})
+	if err != nil {
+		fmt.Fprintf(e.stderr, "dmctl recover: %v\n", err)
+		return exitUsage
+	}
+	return rep.summary(results)
+}
+
+// reporter prints progress as text (steps on stderr, outcomes on stdout,
+// "Pushed recovery key." as in the seed) or as JSON lines on stdout.
+type reporter struct {
+	env
+	json   bool
+	single bool
+}
+
+func newReporter(e env, jsonOut, single bool) *reporter {
+	return &reporter{env: e, json: jsonOut, single: single}
+}
+
+// progressLine is the JSON form of a step.
+type progressLine struct {
+	Endpoint  string `json:"endpoint,omitempty"`
+	Event     string `json:"event"`
+	Attempt   int    `json:"attempt,omitempty"`
+	DiskUUID  string `json:"diskUUID,omitempty"`
+	RetryInMs int64  `json:"retryInMs,omitempty"`
+	Error     string `json:"error,omitempty"`
+	Pushed    *int   `json:"pushed,omitempty"`
+	Failed    *int   `json:"failed,omitempty"`
+}
+
+func (r *reporter) progress(p dmctl.Progress) {
+	if r.json {
+		line := progressLine{Endpoint: p.Endpoint, Event: string(p.Stage), Attempt: p.Attempt, DiskUUID: p.DiskUUID, RetryInMs: p.RetryIn.Milliseconds()}
+		if p.Err != nil {
+			line.Error = p.Err.Error()
+		}
+		r.writeJSON(line)
+		return
+	}
+	switch p.Stage {
+	case dmctl.StageConnecting:
+		if p.Attempt == 1 {
+			fmt.Fprintf(r.stderr, "%s: connecting\n", p.Endpoint)
+		}
+	case dmctl.StageRetrying:
+		fmt.Fprintf(r.stderr, "%s: not ready (%v); retrying in %s (attempt %d)\n", p.Endpoint, p.Err, p.RetryIn.Round(time.Millisecond), p.Attempt+1)
+	case dmctl.StageDiskUUID:
+		fmt.Fprintf(r.stderr, "%s: node attested, disk %s: pushing its key\n", p.Endpoint, p.DiskUUID)
+	case dmctl.StagePushed:
+		if r.single {
+			fmt.Fprintln(r.stdout, "Pushed recovery key.")
+		} else {
+			fmt.Fprintf(r.stdout, "%s: Pushed recovery key.\n", p.Endpoint)
+		}
+	case dmctl.StageFailed:
+		fmt.Fprintf(r.stderr, "%s: FAILED: %v\n", p.Endpoint, p.Err)
+	}
+}
+
+func (r *reporter) summary(results []dmctl.Result) int {
+	pushed, failed := 0, 0
+	for _, res := range results {
+		if res.Err == nil {
+			pushed++
+		} else {
+			failed++
+		}
+	}
+	if r.json {
+		r.writeJSON(progressLine{Event: "summary", Pushed: &pushed, Failed: &failed})
+	} else if !r.single || failed > 0 {
+		fmt.Fprintf(r.stderr, "Recovered %d of %d nodes.\n", pushed, len(results))
+	}
+	if failed > 0 {
+		return exitFailed
+	}
+	return exitOK
+}
+
+func (r *reporter) writeJSON(v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		fmt.Fprintf(r.stderr, "dmctl: encoding progress: %v\n", err)
+		return
+	}
+	fmt.Fprintln(r.stdout, string(b))
+}

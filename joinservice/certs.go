@@ -1,0 +1,94 @@
+package joinservice
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"time"
+)
+
+// TestCertificates is a throw-away CA and a JoinService certificate it
+// signed. The CA's private key is never kept: nothing else can be signed
+// with it, so leaking the CA certificate into an image leaks nothing.
+type TestCertificates struct {
+	CAPEM   []byte // give to nodes as the JoinService CA (aTLS RootCAs)
+	CertPEM []byte // --cert of the JoinService
+	KeyPEM  []byte // --key of the JoinService (secret)
+}
+
+// GenerateTestCertificates creates a CA and a server certificate for hosts
+// (IP addresses or DNS names), valid for validity. For development and
+// tests; production services get certificates from the cluster's PKI.
+func GenerateTestCertificates(hosts []string, validity time.Duration) (TestCertificates, error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return TestCertificates{}, err
+	}
+	now := time.Now()
+	caTemplate := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: "disk-mapper JoinService test CA"},
+		NotBefore:             now.Add(-time.Minute),
+		NotAfter:              now.Add(validity),
+		KeyUsage:              x509.KeyUsageCertSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTemplate, caTemplate, &caKey.PublicKey, caKey)
+	if err != nil {
+		return TestCertificates{}, fmt.Errorf("creating CA certificate: %w", err)
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return TestCertificates{}, err
+	}
+
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return TestCertificates{}, err
+	}
+	leaf := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: "disk-mapper JoinService"},
+		NotBefore:    now.Add(-time.Minute),
+		NotAfter:     now.Add(validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			leaf.IPAddresses = append(leaf.IPAddresses, ip)
+		} else if h != "" {
+			leaf.DNSNames = append(leaf.DNSNames, h)
+		}
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return TestCertificates{}, fmt.Errorf("creating JoinService certificate: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return TestCertificates{}, err
+	}
+	return TestCertificates{
+		CAPEM:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER}),
+		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+	}, nil
+}
+
+func serial() *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		// crypto/rand does not fail on supported platforms (Go 1.24+ crashes instead).
+		return big.NewInt(time.Now().UnixNano())
+	}
+	return n
+}

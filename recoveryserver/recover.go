@@ -1,0 +1,216 @@
+package recoveryserver
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/diskmapper/disk-mapper/internal/logging"
+	"github.com/diskmapper/disk-mapper/internal/unlock"
+	"github.com/diskmapper/disk-mapper/recoverproto"
+)
+
+// recoverService implements the Recover RPC for one Serve call.
+type recoverService struct {
+	recoverproto.UnimplementedAPIServer
+
+	serveCtx      context.Context // ends when Serve stops
+	diskUUID      string
+	streamTimeout time.Duration
+	check         unlock.Check
+	log           *zap.Logger
+
+	// checkSlot is a one-slot semaphore around check-and-accept, so the
+	// check never runs twice at once and exactly one key can be accepted.
+	// A channel rather than a mutex, so that waiting honours the stream's
+	// deadline.
+	checkSlot chan struct{}
+	// accepted is closed (holding checkSlot) once check accepted a key.
+	accepted chan struct{}
+	// receivers counts the goroutines blocked in stream.Recv, so that Serve
+	// can wait for them after gRPC closed every stream.
+	receivers sync.WaitGroup
+}
+
+func newRecoverService(serveCtx context.Context, cfg Config, check unlock.Check) *recoverService {
+	return &recoverService{
+		serveCtx:      serveCtx,
+		diskUUID:      cfg.DiskUUID,
+		streamTimeout: cfg.StreamTimeout,
+		check:         check,
+		log:           cfg.Log,
+		checkSlot:     make(chan struct{}, 1),
+		accepted:      make(chan struct{}),
+	}
+}
+
+func (r *recoverService) wasAccepted() bool {
+	select {
+	case <-r.accepted:
+		return true
+	default:
+		return false
+	}
+}
+
+// wait returns once every receiving goroutine has ended. Call it only after
+// the gRPC server stopped (which ends every stream and so every Recv).
+func (r *recoverService) wait() { r.receivers.Wait() }
+
+// Recover runs one push: measurement_secret → disk UUID → state_disk_key →
+// check. The returned status is what the client sees; nil (OK) only for an
+// accepted key.
+func (r *recoverService) Recover(stream recoverproto.API_RecoverServer) error {
+	peerAddr := peerAddress(stream.Context())
+	r.log.Info("Received recover call", logging.Event("recover_call_received"), zap.String("peer.address", peerAddr))
+
+	ctx, cancel := context.WithTimeout(stream.Context(), r.streamTimeout)
+	defer cancel()
+	stopOnShutdown := context.AfterFunc(r.serveCtx, cancel)
+	defer stopOnShutdown()
+
+	err := r.recover(ctx, stream)
+	if err != nil {
+		st := status.Convert(err)
+		r.log.Warn("Recover call refused", logging.Event("recover_call_refused"),
+			zap.String("peer.address", peerAddr), zap.String("grpc.code", st.Code().String()),
+			zap.String("reason", st.Message()))
+	}
+	return err
+}
+
+func (r *recoverService) recover(ctx context.Context, stream recoverproto.API_RecoverServer) error {
+	first, err := r.recv(ctx, stream)
+	if err != nil {
+		return err
+	}
+	defer zeroMessage(first)
+	if err := validateSecretMessage(first); err != nil {
+		return err
+	}
+	if err := stream.Send(&recoverproto.RecoverResponse{DiskUuid: r.diskUUID}); err != nil {
+		return err
+	}
+
+	second, err := r.recv(ctx, stream)
+	if err != nil {
+		return err
+	}
+	defer zeroMessage(second)
+	key, err := keyFromMessages(first, second)
+	if err != nil {
+		return err
+	}
+	// The key aliases the messages' bytes; zeroing it zeroes them too. The
+	// check must copy whatever it keeps beyond its return.
+	defer key.Zero()
+
+	return r.checkAndAccept(ctx, key)
+}
+
+// checkAndAccept runs check under the one-slot lock and, if it accepts,
+// marks the server as done.
+func (r *recoverService) checkAndAccept(ctx context.Context, key unlock.Key) error {
+	select {
+	case r.checkSlot <- struct{}{}:
+	case <-r.accepted:
+		return errAlreadyAccepted
+	case <-ctx.Done():
+		return r.contextStatus(ctx)
+	}
+	defer func() { <-r.checkSlot }()
+	if r.wasAccepted() {
+		return errAlreadyAccepted
+	}
+
+	err := r.check(ctx, key)
+	if err == nil {
+		r.log.Info("Received state disk key and measurement secret, shutting down server",
+			logging.Event("recovery_key_accepted"))
+		close(r.accepted)
+		return nil
+	}
+	return r.checkStatus(ctx, err)
+}
+
+var errAlreadyAccepted = status.Error(codes.FailedPrecondition, "this node already accepted a key and is shutting down its recovery server")
+
+// checkStatus maps a refusal of the check to the status the client sees. The
+// messages are fixed strings: nothing the client sent is echoed.
+func (r *recoverService) checkStatus(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(err, unlock.ErrWrongKey):
+		return status.Error(codes.PermissionDenied, "the state disk key does not open this node's disk")
+	case errors.Is(err, unlock.ErrMalformed):
+		return status.Error(codes.InvalidArgument, "malformed key")
+	case errors.Is(err, unlock.ErrDecided):
+		return errAlreadyAccepted
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return r.contextStatus(ctx)
+	default:
+		// The cause is for the operator on the node's console, not the client.
+		r.log.Error("Checking the pushed key failed", logging.Event("recovery_key_check_failed"), zap.Error(err))
+		return status.Error(codes.Internal, "the node could not check the key")
+	}
+}
+
+// contextStatus explains why ctx (the stream's context) ended.
+func (r *recoverService) contextStatus(ctx context.Context) error {
+	switch {
+	case r.wasAccepted():
+		return errAlreadyAccepted
+	case r.serveCtx.Err() != nil:
+		return status.Error(codes.Canceled, "the recovery server is shutting down")
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "the recover call exceeded the server's stream deadline")
+	default:
+		return status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// recv receives one message, giving up when ctx ends or a key was accepted
+// elsewhere. stream.Recv itself cannot be interrupted: the goroutine ends
+// once the handler has returned and gRPC has closed the stream.
+func (r *recoverService) recv(ctx context.Context, stream recoverproto.API_RecoverServer) (*recoverproto.RecoverMessage, error) {
+	type result struct {
+		msg *recoverproto.RecoverMessage
+		err error
+	}
+	results := make(chan result) // unbuffered: an abandoned message is zeroed, not left behind
+	r.receivers.Add(1)
+	go func() {
+		defer r.receivers.Done()
+		msg, err := stream.Recv()
+		select {
+		case results <- result{msg, err}:
+		case <-ctx.Done():
+			zeroMessage(msg)
+		}
+	}()
+
+	select {
+	case res := <-results:
+		if errors.Is(res.err, io.EOF) {
+			return nil, status.Error(codes.InvalidArgument, "the client closed the stream before sending measurement_secret and state_disk_key")
+		}
+		return res.msg, res.err
+	case <-r.accepted:
+		return nil, errAlreadyAccepted
+	case <-ctx.Done():
+		return nil, r.contextStatus(ctx)
+	}
+}
+
+func peerAddress(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
+}

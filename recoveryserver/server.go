@@ -1,0 +1,258 @@
+// Package recoveryserver is the gRPC server an operator pushes a node's disk
+// key to with `dmctl recover` (DESIGN.md §3 Recover contract, §4 rules). It is
+// one of the two key sources of the node daemon: every key it receives is
+// handed to an unlock.Check, and the first one the check accepts ends the
+// server.
+//
+// Protocol of one Recover stream: the client sends measurement_secret (it may
+// carry measurement_salt), the server answers with its disk UUID, the client
+// sends state_disk_key, the server calls the check. An accepted key ends the
+// RPC with OK and shuts the server down; any other outcome ends the RPC with a
+// status (PermissionDenied, InvalidArgument, FailedPrecondition, ...) and the
+// server keeps serving.
+package recoveryserver
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/diskmapper/disk-mapper/internal/constants"
+	"github.com/diskmapper/disk-mapper/internal/logging"
+	"github.com/diskmapper/disk-mapper/internal/unlock"
+	"github.com/diskmapper/disk-mapper/recoverproto"
+)
+
+// Defaults for the Config fields that internal/constants does not cover.
+const (
+	// DefaultStreamTimeout bounds one Recover stream from its first byte to
+	// its status. `dmctl recover` needs milliseconds; the bound exists so that
+	// a client that sends measurement_secret and then nothing cannot hold a
+	// stream (or the check) forever.
+	DefaultStreamTimeout = 30 * time.Second
+	// DefaultMaxConcurrentStreams bounds the streams of one connection. One
+	// is all an honest client needs; a few allow a retry on the same
+	// connection while a refused stream is still being torn down.
+	DefaultMaxConcurrentStreams = 4
+	// DefaultMaxConnections bounds the open connections (including ones still
+	// in their handshake); further connections are closed on accept.
+	DefaultMaxConnections = 16
+	// gracefulStopTimeout bounds how long the server waits, after a key was
+	// accepted, for the accepting RPC and its connection to finish cleanly
+	// before it closes every connection hard.
+	gracefulStopTimeout = 2 * time.Second
+	// maxHeaderListSize bounds the metadata of a request; gRPC's default is
+	// 16 MiB, and a recovery client sends almost none.
+	maxHeaderListSize = 16 << 10
+)
+
+// Config configures a Server. Zero values select the defaults.
+type Config struct {
+	// DiskUUID is the lowercase LUKS UUID of the state disk; the server sends
+	// it to the client, which derives the disk key from it.
+	DiskUUID string
+	// Listener is where the server accepts connections. Serve owns it: it is
+	// closed when Serve returns.
+	Listener net.Listener
+	// Credentials secure every connection. In production they are aTLS with
+	// the node as issuer (the node proves itself; the operator validates).
+	// Tests may pass insecure or plain TLS credentials. Nil is refused.
+	Credentials credentials.TransportCredentials
+	// Log is the server's logger, already named constants.LoggerRecoveryServer
+	// by the caller. gRPC call lines go to its child "gRPC". Nil discards.
+	Log *zap.Logger
+
+	// MaxMessageSize bounds every received message
+	// (default constants.MaxRecoverMessageSize). Larger ones end the stream
+	// with ResourceExhausted.
+	MaxMessageSize int
+	// HandshakeTimeout bounds the TLS/aTLS and HTTP/2 handshake of one
+	// connection (default constants.RecoveryHandshakeTimeout).
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a connection without streams after this long
+	// (default constants.RecoveryIdleTimeout).
+	IdleTimeout time.Duration
+	// StreamTimeout bounds one Recover stream, the check included
+	// (default DefaultStreamTimeout).
+	StreamTimeout time.Duration
+	// MaxConcurrentStreams bounds the concurrent streams of one connection
+	// (default DefaultMaxConcurrentStreams).
+	MaxConcurrentStreams uint32
+	// MaxConnections bounds the open connections (default
+	// DefaultMaxConnections).
+	MaxConnections int
+}
+
+func (c Config) withDefaults() Config {
+	if c.Log == nil {
+		c.Log = zap.NewNop()
+	}
+	if c.MaxMessageSize <= 0 {
+		c.MaxMessageSize = constants.MaxRecoverMessageSize
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = constants.RecoveryHandshakeTimeout
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = constants.RecoveryIdleTimeout
+	}
+	if c.StreamTimeout <= 0 {
+		c.StreamTimeout = DefaultStreamTimeout
+	}
+	if c.MaxConcurrentStreams == 0 {
+		c.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
+	return c
+}
+
+// Server is the RecoveryServer. Create it with New and run it once with Serve.
+type Server struct {
+	cfg    Config
+	served atomic.Bool
+}
+
+// New returns a Server for cfg. It does not touch the network; Serve does.
+func New(cfg Config) *Server {
+	return &Server{cfg: cfg.withDefaults()}
+}
+
+// Name is the key source's name in the race's logs.
+func (s *Server) Name() string { return "RecoveryServer" }
+
+// ErrServed is returned by a second call of Serve.
+var ErrServed = errors.New("recovery server: Serve called more than once")
+
+// Serve accepts connections on the configured listener and hands every pushed
+// key to check. It returns in exactly one of three ways:
+//
+//   - check accepted a key: Serve returns nil once the accepting RPC has ended
+//     with OK. It stops accepting connections at once, ends every other stream
+//     with FailedPrecondition, waits up to a short bound for the accepting
+//     connection to close cleanly (GracefulStop), then closes every remaining
+//     connection (Stop).
+//   - ctx ends: Serve closes every connection at once, which cancels the
+//     in-flight RPCs (their checks see a cancelled context), and returns
+//     ctx.Err().
+//   - the listener fails: Serve stops as for ctx and returns Accept's error.
+//
+// Connections still in their handshake are closed in every case, so a stalled
+// client delays none of them. When Serve returns, the listener is closed and
+// no goroutine Serve started is left. Serve may be called once; it returns
+// ErrServed after that. A nil check or nil Credentials is refused (the
+// listener is closed then, too).
+//
+// Pushes are serialised: check is never called concurrently by this server. A
+// stream whose key is ready while another check runs waits for it, bounded by
+// its stream deadline; waiting streams do not hold anything while their
+// client is slow, because the lock is taken only after the key has arrived.
+func (s *Server) Serve(ctx context.Context, check unlock.Check) error {
+	lis := s.cfg.Listener
+	if lis == nil {
+		return errors.New("recovery server: no listener configured")
+	}
+	if !s.served.CompareAndSwap(false, true) {
+		return ErrServed
+	}
+	switch {
+	case check == nil:
+		lis.Close()
+		return errors.New("recovery server: nil unlock check")
+	case s.cfg.Credentials == nil:
+		lis.Close()
+		return errors.New("recovery server: no transport credentials configured (tests pass insecure ones explicitly)")
+	}
+
+	log := s.cfg.Log
+	log.Info("Starting RecoveryServer", logging.Event("recovery_server_started"),
+		zap.String("address", lis.Addr().String()), zap.String("uuid", s.cfg.DiskUUID))
+
+	serveCtx, cancelServe := context.WithCancel(ctx)
+	defer cancelServe()
+
+	conns := newTrackedListener(lis, s.cfg.MaxConnections, log)
+	service := newRecoverService(serveCtx, s.cfg, check)
+	grpcServer := s.newGRPCServer(conns)
+	recoverproto.RegisterAPIServer(grpcServer, service)
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- grpcServer.Serve(conns) }()
+
+	var result error
+	select {
+	case <-service.accepted:
+		s.stopGracefully(grpcServer, conns)
+	case <-ctx.Done():
+		result = ctx.Err()
+	case err := <-serveErr:
+		result = err
+		serveErr <- err // drained again below
+	}
+	if result != nil && service.wasAccepted() {
+		// A key won at the same moment ctx ended or Accept failed: the key
+		// opened the disk, and that is what the caller must hear.
+		result = nil
+	}
+	cancelServe() // unblocks every handler still waiting
+	conns.closeAll()
+	grpcServer.Stop() // no-op after a completed GracefulStop
+	if err := <-serveErr; err != nil && result == nil && !service.wasAccepted() {
+		result = err
+	}
+	service.wait()
+
+	fields := []zap.Field{logging.Event("recovery_server_stopped"), zap.Bool("keyAccepted", service.wasAccepted())}
+	if result != nil {
+		fields = append(fields, zap.Error(result))
+	}
+	log.Info("RecoveryServer stopped", fields...)
+	return result
+}
+
+func (s *Server) newGRPCServer(conns *trackedListener) *grpc.Server {
+	return grpc.NewServer(
+		grpc.Creds(s.cfg.Credentials),
+		grpc.MaxRecvMsgSize(s.cfg.MaxMessageSize),
+		grpc.MaxHeaderListSize(maxHeaderListSize),
+		grpc.ConnectionTimeout(s.cfg.HandshakeTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: s.cfg.IdleTimeout}),
+		grpc.MaxConcurrentStreams(s.cfg.MaxConcurrentStreams),
+		// Stop must not return while a handler (and so a check) still runs.
+		grpc.WaitForHandlers(true),
+		grpc.StatsHandler(conns),
+		grpc.StreamInterceptor(loggingStreamInterceptor(s.cfg.Log.Named("gRPC"))),
+	)
+}
+
+// stopGracefully lets the accepting RPC finish with OK: it closes the
+// connections that are still in their handshake (they carry no RPC and would
+// hold GracefulStop for the handshake timeout), then drains the rest for at
+// most gracefulStopTimeout.
+func (s *Server) stopGracefully(grpcServer *grpc.Server, conns *trackedListener) {
+	conns.closeHandshaking()
+	done := make(chan struct{})
+	go func() {
+		grpcServer.GracefulStop()
+		close(done)
+	}()
+	timer := time.NewTimer(gracefulStopTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		s.cfg.Log.Warn("Graceful shutdown of the RecoveryServer timed out, closing connections",
+			logging.Event("recovery_server_forced_stop"), zap.Duration("timeout", gracefulStopTimeout))
+		conns.closeAll()
+		grpcServer.Stop()
+		<-done
+	}
+}
