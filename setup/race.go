@@ -50,9 +50,11 @@ var ErrNoSource = errors.New("every key source stopped without a key")
 //  2. A candidate only wins if test says it opens the disk. A key that does
 //     not is returned to its source as unlock.ErrWrongKey (or ErrMalformed);
 //     that source goes on.
-//  3. The first winning key decides the race: the context every source runs
-//     under is cancelled at once, which cancels their in-flight RPCs; later
-//     candidates get unlock.ErrDecided.
+//  3. The first winning key decides the race: the context of every other
+//     source is cancelled at once, which cancels their in-flight RPCs; later
+//     candidates get unlock.ErrDecided. The winner's own context stays live
+//     so it can finish the accepting RPC cleanly (the operator sees OK); it
+//     stops on its own because its check returned nil.
 //  4. Race returns only after every source's Serve has returned, so no
 //     goroutine outlives it; RaceResult.Stopped measures that shutdown.
 //  5. A source that fails on its own (a listener error, say) is logged; the
@@ -61,8 +63,19 @@ var ErrNoSource = errors.New("every key source stopped without a key")
 //  6. If ctx ends first, Race stops every source and returns ctx.Err().
 func Race(ctx context.Context, log *zap.Logger, test KeyTest, sources ...KeySource) (RaceResult, error) {
 	start := time.Now()
-	raceCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	cancels := make([]context.CancelFunc, len(sources))
+	ctxs := make([]context.Context, len(sources))
+	for i := range sources {
+		ctxs[i], cancels[i] = context.WithCancel(ctx)
+	}
+	cancelAll := func(except int) {
+		for i, c := range cancels {
+			if i != except {
+				c()
+			}
+		}
+	}
+	defer cancelAll(-1)
 
 	var (
 		mu      sync.Mutex // serialises test and the decision
@@ -70,7 +83,8 @@ func Race(ctx context.Context, log *zap.Logger, test KeyTest, sources ...KeySour
 		result  RaceResult
 		wonAt   time.Time
 	)
-	checkFor := func(source string) unlock.Check {
+	checkFor := func(i int) unlock.Check {
+		source := sources[i].Name()
 		return func(ctx context.Context, key unlock.Key) error {
 			mu.Lock()
 			defer mu.Unlock()
@@ -87,18 +101,18 @@ func Race(ctx context.Context, log *zap.Logger, test KeyTest, sources ...KeySour
 			decided = true
 			wonAt = time.Now()
 			result = RaceResult{Key: cloneKey(key), Source: source, Elapsed: wonAt.Sub(start)}
-			cancel()
+			cancelAll(i)
 			return nil
 		}
 	}
 
 	var wg sync.WaitGroup
-	for _, src := range sources {
+	for i, src := range sources {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := src.Serve(raceCtx, checkFor(src.Name()))
-			if err != nil && raceCtx.Err() == nil {
+			err := src.Serve(ctxs[i], checkFor(i))
+			if err != nil && ctxs[i].Err() == nil {
 				log.Error("Key source stopped", logging.Event("key_source_failed"), zap.String("source", src.Name()), zap.Error(err))
 			}
 		}()

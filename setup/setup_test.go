@@ -50,7 +50,7 @@ func testSecret(t *testing.T) masterkey.MasterSecret {
 }
 
 // ticketFor derives what a JoinService would hand out for uuid.
-func ticketFor(t *testing.T, m masterkey.MasterSecret, uuid string) unlock.Key {
+func ticketFor(t testing.TB, m masterkey.MasterSecret, uuid string) unlock.Key {
 	t.Helper()
 	disk, err := m.DiskKey(uuid)
 	if err != nil {
