@@ -12,7 +12,7 @@ TOOLS := $(CURDIR)/build/tools
 
 include image/image.mk
 
-.PHONY: all build deps proto proto-check lint unit test demo clean vmtest bench
+.PHONY: all build deps proto proto-check lint unit test demo clean vmtest bench fuzz
 
 all: build
 
@@ -53,7 +53,11 @@ vmtest: deps image
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
 
-test: deps proto-check lint unit image-verify-unit vmtest
+# Every fuzz target for a short bounded time (seed corpora in testdata/fuzz).
+fuzz:
+	FUZZTIME=$${FUZZTIME:-10s} ./scripts/fuzz.sh
+
+test: deps proto-check lint unit fuzz image-verify-unit vmtest
 
 clean:
 	rm -rf build

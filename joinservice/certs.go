@@ -13,18 +13,25 @@ import (
 	"time"
 )
 
-// TestCertificates is a throw-away CA and a JoinService certificate it
-// signed. The CA's private key is never kept: nothing else can be signed
-// with it, so leaking the CA certificate into an image leaks nothing.
+// TestCertificates is a throw-away CA, a JoinService certificate and an
+// operator client certificate it signed. The CA's private key is never kept:
+// nothing else can be signed with it, so leaking the CA certificate into an
+// image leaks nothing.
 type TestCertificates struct {
-	CAPEM   []byte // give to nodes as the JoinService CA (aTLS RootCAs)
+	CAPEM   []byte // give to nodes as the cluster CA (aTLS RootCAs)
 	CertPEM []byte // --cert of the JoinService
 	KeyPEM  []byte // --key of the JoinService (secret)
+	// OperatorCertPEM and OperatorKeyPEM are a client certificate for
+	// `dmctl recover --client-cert/--client-key`: a node with a blank disk
+	// only takes a key from a peer whose certificate chains to the CA.
+	OperatorCertPEM []byte
+	OperatorKeyPEM  []byte // secret
 }
 
-// GenerateTestCertificates creates a CA and a server certificate for hosts
-// (IP addresses or DNS names), valid for validity. For development and
-// tests; production services get certificates from the cluster's PKI.
+// GenerateTestCertificates creates a CA, a server certificate for hosts
+// (IP addresses or DNS names) and an operator client certificate, valid for
+// validity. For development and tests; production services and operators
+// get certificates from the cluster's PKI.
 func GenerateTestCertificates(hosts []string, validity time.Duration) (TestCertificates, error) {
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -50,10 +57,6 @@ func GenerateTestCertificates(hosts []string, validity time.Duration) (TestCerti
 		return TestCertificates{}, err
 	}
 
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return TestCertificates{}, err
-	}
 	leaf := &x509.Certificate{
 		SerialNumber: serial(),
 		Subject:      pkix.Name{CommonName: "disk-mapper JoinService"},
@@ -69,19 +72,49 @@ func GenerateTestCertificates(hosts []string, validity time.Duration) (TestCerti
 			leaf.DNSNames = append(leaf.DNSNames, h)
 		}
 	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, ca, &key.PublicKey, caKey)
+	certPEM, keyPEM, err := issue(leaf, ca, caKey)
 	if err != nil {
 		return TestCertificates{}, fmt.Errorf("creating JoinService certificate: %w", err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	operator := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: "disk-mapper operator"},
+		NotBefore:    now.Add(-time.Minute),
+		NotAfter:     now.Add(validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	operatorCertPEM, operatorKeyPEM, err := issue(operator, ca, caKey)
 	if err != nil {
-		return TestCertificates{}, err
+		return TestCertificates{}, fmt.Errorf("creating operator certificate: %w", err)
 	}
 	return TestCertificates{
-		CAPEM:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER}),
-		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+		CAPEM:           pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		CertPEM:         certPEM,
+		KeyPEM:          keyPEM,
+		OperatorCertPEM: operatorCertPEM,
+		OperatorKeyPEM:  operatorKeyPEM,
 	}, nil
+}
+
+// issue creates a fresh P-256 key and a certificate for it from template,
+// signed by ca, both PEM-encoded.
+func issue(template, ca *x509.Certificate, caKey *ecdsa.PrivateKey) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, template, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer clear(keyDER)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
 }
 
 func serial() *big.Int {

@@ -129,8 +129,9 @@ func TestOverloadAnswersResourceExhaustedWithRetryInfo(t *testing.T) {
 			t.Fatalf("err = %v, want ResourceExhausted", err)
 		}
 	}
-	// Each is handed its own later slot, one service time apart (the
-	// estimate starts at initialServiceTime), so they do not return together.
+	// Each is handed its own later slot, one service time apart (nothing
+	// completes while they wait, so the estimate is the lower bound: how long
+	// the busy request has held its slot), so they do not return together.
 	slices.Sort(hints)
 	if hints[0] <= 0 {
 		t.Fatalf("no positive RetryInfo: %v", hints)

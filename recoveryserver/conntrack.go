@@ -20,6 +20,12 @@ import (
 // It is the gRPC server's stats.Handler too: TagConn is called once a
 // connection's transport is up, which is how a connection is marked as past
 // its handshake.
+//
+// At the bound a new connection is not refused but evicts the oldest
+// connection that is still in its handshake, or else the oldest one with no
+// RPC in flight: otherwise a handful of silent or idle peers, reconnecting
+// as they time out, could keep the operator out for as long as they liked.
+// Only when every connection is busy with an RPC is the newcomer refused.
 type trackedListener struct {
 	net.Listener
 	maxConns int
@@ -28,6 +34,7 @@ type trackedListener struct {
 	mu      sync.Mutex
 	closing bool                    // no new connection is served
 	conns   map[string]*trackedConn // by remote address, unique per listener
+	seq     uint64                  // accept order, to find the oldest
 }
 
 func newTrackedListener(l net.Listener, maxConns int, log *zap.Logger) *trackedListener {
@@ -44,12 +51,25 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 		}
 		c := &trackedConn{Conn: raw, owner: l, key: raw.RemoteAddr().String()}
 		l.mu.Lock()
-		refuse := l.closing || len(l.conns) >= l.maxConns
+		var victim *trackedConn
+		refuse := l.closing
+		if !refuse && len(l.conns) >= l.maxConns {
+			victim = l.evictableLocked()
+			refuse = victim == nil
+		}
 		if !refuse {
+			l.seq++
+			c.seq = l.seq
 			l.conns[c.key] = c
 		}
 		closing := l.closing
 		l.mu.Unlock()
+		if victim != nil {
+			l.log.Warn("Evicted a recovery connection to admit a new one: too many open connections",
+				logging.Event("recovery_connection_evicted"), zap.String("peer.address", victim.key),
+				zap.Bool("handshakeDone", victim.established), zap.Int("maxConnections", l.maxConns))
+			victim.Close()
+		}
 		if !refuse {
 			return c, nil
 		}
@@ -60,6 +80,28 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 		}
 		raw.Close()
 	}
+}
+
+// evictableLocked picks the oldest connection still in its handshake, else
+// the oldest without an RPC in flight, else nil.
+func (l *trackedListener) evictableLocked() *trackedConn {
+	var handshaking, idle *trackedConn
+	for _, c := range l.conns {
+		switch {
+		case !c.established:
+			if handshaking == nil || c.seq < handshaking.seq {
+				handshaking = c
+			}
+		case c.activeRPCs == 0:
+			if idle == nil || c.seq < idle.seq {
+				idle = c
+			}
+		}
+	}
+	if handshaking != nil {
+		return handshaking
+	}
+	return idle
 }
 
 // closeHandshaking closes the connections that have not finished their
@@ -94,33 +136,57 @@ func (l *trackedListener) forget(c *trackedConn) {
 	l.mu.Unlock()
 }
 
-// TagConn marks the connection as past its handshake (stats.Handler).
+type connCtxKey struct{}
+
+// TagConn marks the connection as past its handshake (stats.Handler) and
+// tags its context so RPCs can be counted per connection.
 func (l *trackedListener) TagConn(ctx context.Context, info *stats.ConnTagInfo) context.Context {
 	if info.RemoteAddr != nil {
 		l.mu.Lock()
-		if c, ok := l.conns[info.RemoteAddr.String()]; ok {
+		c, ok := l.conns[info.RemoteAddr.String()]
+		if ok {
 			c.established = true
 		}
 		l.mu.Unlock()
+		if ok {
+			return context.WithValue(ctx, connCtxKey{}, c)
+		}
 	}
 	return ctx
 }
 
-// HandleConn, TagRPC and HandleRPC complete stats.Handler; they do nothing.
+// HandleConn and TagRPC complete stats.Handler; they do nothing.
 func (l *trackedListener) HandleConn(context.Context, stats.ConnStats) {}
 
 func (l *trackedListener) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context {
 	return ctx
 }
 
-func (l *trackedListener) HandleRPC(context.Context, stats.RPCStats) {}
+// HandleRPC counts the RPCs in flight on each connection: a busy connection
+// is never evicted.
+func (l *trackedListener) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	c, ok := ctx.Value(connCtxKey{}).(*trackedConn)
+	if !ok {
+		return
+	}
+	l.mu.Lock()
+	switch s.(type) {
+	case *stats.Begin:
+		c.activeRPCs++
+	case *stats.End:
+		c.activeRPCs--
+	}
+	l.mu.Unlock()
+}
 
 // trackedConn removes itself from its listener when closed.
 type trackedConn struct {
 	net.Conn
 	owner       *trackedListener
 	key         string
-	established bool // guarded by owner.mu
+	seq         uint64 // accept order
+	established bool   // guarded by owner.mu
+	activeRPCs  int    // guarded by owner.mu
 	closeOnce   sync.Once
 }
 

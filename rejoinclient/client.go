@@ -7,7 +7,13 @@
 // and stops as soon as a key wins. Rounds in which every endpoint failed are
 // separated by capped exponential backoff with full jitter, and an endpoint
 // that answers RESOURCE_EXHAUSTED with a retry hint is not asked again
-// before the hint. The log lines are those of DESIGN.md §5 / seed 003.
+// before the hint. A round in which every endpoint pushed back with a hint
+// is followed by a wait for the earliest hint only, with no backoff on top:
+// the hint is the service's schedule (the reference JoinService reserves a
+// slot for it), and jitter on top would only leave that slot idle. The
+// connection of a pushed-back attempt is kept for the endpoint's next try
+// when the hint is short (see maxConnReuseHint). The log lines are those of
+// DESIGN.md §5 / seed 003.
 package rejoinclient
 
 import (
@@ -20,6 +26,7 @@ import (
 	"github.com/diskmapper/disk-mapper/internal/logging"
 	"github.com/diskmapper/disk-mapper/internal/unlock"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 )
 
@@ -101,6 +108,9 @@ type Client struct {
 	// notBefore holds the retry hints endpoints sent with
 	// RESOURCE_EXHAUSTED. Only Serve's goroutine touches it.
 	notBefore map[string]time.Time
+	// conns holds connections kept from pushed-back attempts, by endpoint.
+	// Only Serve's goroutine touches it; all are closed when Serve returns.
+	conns map[string]*grpc.ClientConn
 }
 
 // New returns a Client for cfg, filling in defaults.
@@ -114,6 +124,7 @@ func New(cfg Config) *Client {
 		stagger:        max(cfg.Stagger, DefaultStagger),
 		rand:           cfg.Rand,
 		notBefore:      map[string]time.Time{},
+		conns:          map[string]*grpc.ClientConn{},
 	}
 	if c.log == nil {
 		c.log = zap.NewNop()
@@ -158,6 +169,7 @@ func (c *Client) Serve(ctx context.Context, check unlock.Check) (err error) {
 	if err := c.validate(check); err != nil {
 		return err
 	}
+	defer c.closeConns(nil)
 
 	failedRounds := 0
 	for {
@@ -166,13 +178,15 @@ func (c *Client) Serve(ctx context.Context, check unlock.Check) (err error) {
 		}
 		endpoints, err := c.discover(ctx)
 		if err == nil {
+			c.closeConns(endpoints)
 			err = c.round(ctx, endpoints, check)
 			switch {
 			case err == nil:
 				return nil
 			case errors.Is(err, errAllHeldOff):
 				// Every endpoint asked us to wait: wait for the earliest
-				// hint, which is not a failure of ours.
+				// hint, which is not a failure of ours, so no backoff
+				// and no jitter on top (the service reserved that time).
 				if err := sleep(ctx, c.earliestHint()); err != nil {
 					return err
 				}

@@ -11,10 +11,13 @@ import (
 	"github.com/diskmapper/disk-mapper/internal/logging"
 	"github.com/diskmapper/disk-mapper/internal/unlock"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
-// errAllHeldOff: every endpoint sent a retry hint that reaches beyond this
-// round, so nothing was attempted.
+// errAllHeldOff: every endpoint of the round asked to retry later, either
+// with a retry hint that kept it out of the round or by answering
+// RESOURCE_EXHAUSTED with one. The service is up and has scheduled us; the
+// caller waits for the earliest hint and nothing else.
 var errAllHeldOff = errors.New("every JoinService endpoint asked to retry later")
 
 // attemptResult is what one attempt goroutine reports back.
@@ -23,11 +26,13 @@ type attemptResult struct {
 	key      unlock.Key
 	err      error
 	took     time.Duration
+	conn     *grpc.ClientConn // kept for the endpoint's next attempt, or nil
 }
 
 // round tries all endpoints in parallel with staggered starts. It returns nil
-// when check accepted a ticket, errAllFailed when every attempt failed,
-// errAllHeldOff when no endpoint could be tried, and otherwise the error that
+// when check accepted a ticket, errAllHeldOff when no endpoint could be tried
+// or every attempt was pushed back with a retry hint, errAllFailed when every
+// attempt failed otherwise, and otherwise the error that
 // must end Serve (ctx's, or check's ErrDecided). All attempts have ended and
 // all unused tickets are zeroed when it returns.
 func (c *Client) round(ctx context.Context, endpoints []string, check unlock.Check) error {
@@ -46,6 +51,9 @@ func (c *Client) round(ctx context.Context, endpoints []string, check unlock.Che
 			select {
 			case r := <-results:
 				r.key.Zero()
+				if r.conn != nil {
+					r.conn.Close()
+				}
 			default:
 				return
 			}
@@ -54,16 +62,18 @@ func (c *Client) round(ctx context.Context, endpoints []string, check unlock.Che
 
 	launch := func(endpoint string) {
 		c.log.Info("Requesting rejoin ticket", logging.Event("rejoin_ticket_requested"), zap.String("endpoint", endpoint))
+		conn := c.takeConn(endpoint)
 		wg.Go(func() {
 			start := time.Now()
-			key, err := c.requestTicket(roundCtx, endpoint)
-			results <- attemptResult{endpoint: endpoint, key: key, err: err, took: time.Since(start)}
+			key, kept, err := c.requestTicket(roundCtx, endpoint, conn)
+			results <- attemptResult{endpoint: endpoint, key: key, err: err, took: time.Since(start), conn: kept}
 		})
 	}
 
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	next, inFlight := 0, 0
+	allPushedBack := true   // every failed attempt came with a retry hint
 	nextStart := time.Now() // the stagger's earliest start for queue[next]
 	for next < len(queue) || inFlight > 0 {
 		var wake <-chan time.Time
@@ -95,12 +105,18 @@ func (c *Client) round(ctx context.Context, endpoints []string, check unlock.Che
 					return r.err
 				}
 			}
-			c.attemptFailed(r)
+			if !c.attemptFailed(r) {
+				allPushedBack = false
+			}
 			// Happy eyeballs: a failed attempt frees the next start at once.
 			nextStart = time.Now()
 		}
 	}
-	c.log.Error("Failed to rejoin on all endpoints", logging.Event("rejoin_all_endpoints_failed"), zap.Int("endpointCount", len(queue)))
+	c.log.Error("Failed to rejoin on all endpoints", logging.Event("rejoin_all_endpoints_failed"),
+		zap.Int("endpointCount", len(queue)), zap.Bool("allPushedBack", allPushedBack))
+	if allPushedBack {
+		return errAllHeldOff
+	}
 	return errAllFailed
 }
 
@@ -163,8 +179,10 @@ func (c *Client) offer(ctx context.Context, check unlock.Check, r attemptResult)
 	return fmt.Errorf("rejoin ticket rejected: %w", err)
 }
 
-// attemptFailed logs a failed attempt and records its retry hint.
-func (c *Client) attemptFailed(r attemptResult) {
+// attemptFailed logs a failed attempt, records its retry hint and keeps its
+// connection, if the attempt kept one. It reports whether the endpoint sent a
+// usable hint (a positive delay; zero would invite an immediate retry loop).
+func (c *Client) attemptFailed(r attemptResult) (hinted bool) {
 	fields := []zap.Field{
 		logging.Event("rejoin_endpoint_failed"),
 		zap.Error(r.err),
@@ -175,6 +193,9 @@ func (c *Client) attemptFailed(r attemptResult) {
 	if hint, ok := retryHint(r.err); ok {
 		c.notBefore[r.endpoint] = time.Now().Add(hint)
 		fields = append(fields, zap.Duration("retryAfter", hint))
+		hinted = hint > 0
 	}
+	c.keepConn(r.endpoint, r.conn)
 	c.log.Warn("Failed to rejoin on endpoint", fields...)
+	return hinted
 }

@@ -73,7 +73,8 @@ func newNode(o options, log *zap.Logger) (*node, error) {
 			// The rejoin path goes on without the listener.
 			log.Error("Cannot listen for recovery", zap.String("addr", o.recoveryAddr), zap.Error(err))
 		} else {
-			creds := atls.NewCredentials(atls.Config{Issuer: issuer, RootCAs: rootsFor(mode, joinCA), Log: log.Named("atls")})
+			creds := atls.NewCredentials(atls.Config{Issuer: issuer, RootCAs: rootsFor(mode, joinCA),
+				HandshakeTimeout: constants.RecoveryHandshakeTimeout, Log: log.Named("atls")})
 			out = append(out, recoveryserver.New(recoveryserver.Config{
 				DiskUUID: uuid, Listener: lis, Credentials: creds, Log: log.Named(constants.LoggerRecoveryServer),
 			}))

@@ -1,64 +1,46 @@
 package main
 
 import (
-	"crypto/x509"
 	"errors"
 	"fmt"
 
-	"github.com/diskmapper/disk-mapper/internal/attestation"
 	"github.com/diskmapper/disk-mapper/internal/attestation/atls"
-	"github.com/diskmapper/disk-mapper/internal/logging"
+	"github.com/diskmapper/disk-mapper/internal/attestation/attestationflags"
 	"github.com/spf13/afero"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/credentials"
 )
 
-// attestationFlags select how dmctl validates a node. This file is the only
-// place where dmctl builds transport credentials.
-type attestationFlags struct {
-	measurements   string // expected PCR values of the image (JSON)
-	akRoots        string // PEM platform CA(s) that certify nodes' AKs
-	trustAnyAK     bool   // development: accept quotes by any AK
-	insecureDevDoc bool   // development: accept nodes without a TPM
+// credentialFlags select how dmctl validates a node and which client
+// certificate it presents. This file is the only place where dmctl builds
+// transport credentials.
+type credentialFlags struct {
+	attestation attestationflags.Flags
+	// clientCert and clientKey: PEM certificate chaining to the cluster CA.
+	// A node with a blank disk takes a key only from a peer that presents
+	// one (a forged key for a new disk would encrypt its data to an
+	// attacker); a node with an existing disk checks the key against the
+	// disk instead and needs none.
+	clientCert, clientKey string
 }
 
 // recoverCredentials returns aTLS client credentials that require every node
-// to attest. dmctl presents no certificate of its own: the key it sends is
-// what proves the operator.
-func recoverCredentials(fs afero.Fs, f attestationFlags, log *zap.Logger) (credentials.TransportCredentials, error) {
-	validator, err := newValidator(fs, f, log)
+// to attest, presenting the operator's client certificate if one is given.
+func recoverCredentials(fs afero.Fs, f credentialFlags, log *zap.Logger) (credentials.TransportCredentials, error) {
+	if (f.clientCert == "") != (f.clientKey == "") {
+		return nil, errors.New("--client-cert and --client-key go together")
+	}
+	validator, err := f.attestation.Validator(fs, log)
 	if err != nil {
 		return nil, err
 	}
-	return atls.NewCredentials(atls.Config{Validator: validator, Log: log}), nil
-}
-
-func newValidator(fs afero.Fs, f attestationFlags, log *zap.Logger) (attestation.Validator, error) {
-	if f.insecureDevDoc {
-		if f.measurements != "" || f.akRoots != "" || f.trustAnyAK {
-			return nil, errors.New("--insecure-dev-attestation cannot be combined with --measurements, --ak-roots or --insecure-trust-any-ak")
-		}
-		log.Warn("Accepting nodes WITHOUT TPM attestation (--insecure-dev-attestation): development only",
-			logging.Event("dev_attestation_enabled"))
-		return attestation.NewDevValidator(log), nil
-	}
-	if f.measurements == "" {
-		return nil, errors.New("--measurements is required (or --insecure-dev-attestation for development)")
-	}
-	measurements, err := attestation.LoadMeasurements(fs, f.measurements)
-	if err != nil {
-		return nil, err
-	}
-	cfg := attestation.ValidatorConfig{Measurements: measurements, TrustAnyAK: f.trustAnyAK, Log: log}
-	if f.akRoots != "" {
-		pem, err := afero.ReadFile(fs, f.akRoots)
+	cfg := atls.Config{Validator: validator, Log: log}
+	if f.clientCert != "" {
+		cert, err := attestationflags.KeyPair(fs, f.clientCert, f.clientKey)
 		if err != nil {
-			return nil, fmt.Errorf("reading --ak-roots: %w", err)
+			return nil, fmt.Errorf("--client-cert/--client-key: %w", err)
 		}
-		cfg.AKRoots = x509.NewCertPool()
-		if !cfg.AKRoots.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--ak-roots %s holds no PEM certificate", f.akRoots)
-		}
+		cfg.Certificate = &cert
 	}
-	return attestation.NewTPMValidator(cfg)
+	return atls.NewCredentials(cfg), nil
 }

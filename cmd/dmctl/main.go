@@ -1,6 +1,6 @@
 // Command dmctl is the operator CLI of disk-mapper:
 //
-//	dmctl recover -e HOST[:PORT] [-e …] --master-secret FILE --measurements FILE [--timeout 5m] [--json]
+//	dmctl recover -e HOST[:PORT] [-e …] --master-secret FILE --measurements FILE [--client-cert FILE --client-key FILE] [--timeout 5m] [--json]
 //	dmctl master-secret new --out FILE
 //	dmctl measurements --image-measurements FILE --master-secret FILE
 package main
@@ -60,8 +60,10 @@ func run(args []string, stdout, stderr io.Writer, fs afero.Fs) int {
 func usage(w io.Writer) {
 	fmt.Fprint(w, `dmctl: operator CLI of disk-mapper
 
-  dmctl recover -e HOST[:PORT] [-e ...] --master-secret FILE --measurements FILE [--ak-roots FILE] [--timeout 5m] [--json]
-      push each waiting node the key of its state disk (all nodes at once)
+  dmctl recover -e HOST[:PORT] [-e ...] --master-secret FILE --measurements FILE [--ak-roots FILE]
+                [--client-cert FILE --client-key FILE] [--timeout 5m] [--json]
+      push each waiting node the key of its state disk (all nodes at once); a node with a
+      blank disk requires a client certificate of the cluster CA (joinservice gen-cert issues a test one)
   dmctl master-secret new --out FILE
       create a cluster master secret (mode 0600, never overwrites)
   dmctl measurements --image-measurements FILE --master-secret FILE

@@ -36,11 +36,10 @@ func (e env) recoverCmd(args []string) int {
 	secretPath := fl.String("master-secret", "", "the cluster's master-secret file")
 	timeout := fl.Duration("timeout", 5*time.Minute, "give up on nodes that have not taken their key after this long")
 	jsonOut := fl.Bool("json", false, "print one JSON object per line instead of text")
-	var att attestationFlags
-	fl.StringVar(&att.measurements, "measurements", "", "expected PCR values of the nodes' image (JSON)")
-	fl.StringVar(&att.akRoots, "ak-roots", "", "PEM file with the platform CA(s) that certify the nodes' attestation keys")
-	fl.BoolVar(&att.trustAnyAK, "insecure-trust-any-ak", false, "DEVELOPMENT ONLY: accept TPM quotes by any attestation key")
-	fl.BoolVar(&att.insecureDevDoc, "insecure-dev-attestation", false, "DEVELOPMENT ONLY: accept nodes without a TPM")
+	var cf credentialFlags
+	cf.attestation.Register(fl)
+	fl.StringVar(&cf.clientCert, "client-cert", "", "PEM client certificate chaining to the cluster CA (nodes with a blank disk require one)")
+	fl.StringVar(&cf.clientKey, "client-key", "", "PEM private key of --client-cert")
 	if err := fl.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -70,7 +69,7 @@ func (e env) recoverCmd(args []string) int {
 
 	// Warnings (development attestation) go to stderr as log lines.
 	log := logging.New(zapcore.Lock(zapcore.AddSync(e.stderr)), zapcore.WarnLevel)
-	creds, err := recoverCredentials(e.fs, att, log)
+	creds, err := recoverCredentials(e.fs, cf, log)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "dmctl recover: %v\n", err)
 		return exitUsage

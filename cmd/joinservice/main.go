@@ -2,7 +2,7 @@
 // to attested nodes over aTLS.
 //
 //	joinservice --master-secret FILE --cert FILE --key FILE --measurements FILE [--listen 127.0.0.1:30090] [--max-concurrent N]
-//	joinservice gen-cert --dir DIR [--hosts 127.0.0.1,10.0.2.100]
+//	joinservice gen-cert --dir DIR [--hosts 127.0.0.1,10.0.2.100]   (also issues an operator client certificate for dmctl)
 package main
 
 import (
@@ -58,10 +58,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer, fs afero.Fs) in
 	var cf credentialFlags
 	fl.StringVar(&cf.cert, "cert", "", "PEM certificate the nodes verify")
 	fl.StringVar(&cf.key, "key", "", "PEM private key of --cert")
-	fl.StringVar(&cf.measurements, "measurements", "", "expected PCR values of the nodes' image (JSON)")
-	fl.StringVar(&cf.akRoots, "ak-roots", "", "PEM file with the platform CA(s) that certify the nodes' attestation keys")
-	fl.BoolVar(&cf.trustAnyAK, "insecure-trust-any-ak", false, "DEVELOPMENT ONLY: accept TPM quotes by any attestation key")
-	fl.BoolVar(&cf.insecureDevDoc, "insecure-dev-attestation", false, "DEVELOPMENT ONLY: accept nodes without a TPM")
+	cf.attestation.Register(fl)
 	if err := fl.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -105,7 +102,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer, fs afero.Fs) in
 func genCert(args []string, stdout, stderr io.Writer, fs afero.Fs) int {
 	fl := flag.NewFlagSet("joinservice gen-cert", flag.ContinueOnError)
 	fl.SetOutput(stderr)
-	dir := fl.String("dir", "", "directory to write ca.pem, cert.pem and key.pem to")
+	dir := fl.String("dir", "", "directory to write ca.pem, cert.pem, key.pem, operator-cert.pem and operator-key.pem to")
 	hosts := fl.String("hosts", "127.0.0.1,10.0.2.100", "comma-separated IPs/names the certificate is for")
 	validity := fl.Duration("validity", 365*24*time.Hour, "validity of CA and certificate")
 	if err := fl.Parse(args); err != nil {
@@ -121,6 +118,7 @@ func genCert(args []string, stdout, stderr io.Writer, fs afero.Fs) int {
 		return exitFailed
 	}
 	defer clear(certs.KeyPEM)
+	defer clear(certs.OperatorKeyPEM)
 	files := []struct {
 		name string
 		data []byte
@@ -129,6 +127,8 @@ func genCert(args []string, stdout, stderr io.Writer, fs afero.Fs) int {
 		{"ca.pem", certs.CAPEM, 0o644},
 		{"cert.pem", certs.CertPEM, 0o644},
 		{"key.pem", certs.KeyPEM, 0o600},
+		{"operator-cert.pem", certs.OperatorCertPEM, 0o644},
+		{"operator-key.pem", certs.OperatorKeyPEM, 0o600},
 	}
 	if err := fs.MkdirAll(*dir, 0o755); err != nil {
 		fmt.Fprintf(stderr, "joinservice gen-cert: %v\n", err)
@@ -141,7 +141,8 @@ func genCert(args []string, stdout, stderr io.Writer, fs afero.Fs) int {
 			return exitFailed
 		}
 	}
-	fmt.Fprintf(stdout, "Wrote %s/ca.pem (give it to the nodes), cert.pem and key.pem (for --cert/--key). Test use only.\n", *dir)
+	fmt.Fprintf(stdout, "Wrote %s/ca.pem (give it to the nodes), cert.pem and key.pem (for --cert/--key), "+
+		"operator-cert.pem and operator-key.pem (for dmctl recover --client-cert/--client-key). Test use only.\n", *dir)
 	return exitOK
 }
 

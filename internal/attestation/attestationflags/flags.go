@@ -1,0 +1,69 @@
+// Package attestationflags is the one place where a command line selects how
+// a peer's attestation is validated: the flags `dmctl recover` and the
+// JoinService share, and the validator they build from them.
+package attestationflags
+
+import (
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+
+	"github.com/diskmapper/disk-mapper/internal/attestation"
+	"github.com/diskmapper/disk-mapper/internal/logging"
+	"github.com/spf13/afero"
+	"go.uber.org/zap"
+)
+
+// Flags select how nodes are validated.
+type Flags struct {
+	Measurements           string // expected PCR values of the nodes' image (JSON file)
+	AKRoots                string // PEM platform CA(s) that certify nodes' AKs
+	TrustAnyAK             bool   // development: accept quotes by any AK
+	InsecureDevAttestation bool   // development: accept nodes without a TPM
+}
+
+// Register adds --measurements, --ak-roots, --insecure-trust-any-ak and
+// --insecure-dev-attestation to fl.
+func (f *Flags) Register(fl *flag.FlagSet) {
+	fl.StringVar(&f.Measurements, "measurements", "", "expected PCR values of the nodes' image (JSON)")
+	fl.StringVar(&f.AKRoots, "ak-roots", "", "PEM file with the platform CA(s) that certify the nodes' attestation keys")
+	fl.BoolVar(&f.TrustAnyAK, "insecure-trust-any-ak", false, "DEVELOPMENT ONLY: accept TPM quotes by any attestation key")
+	fl.BoolVar(&f.InsecureDevAttestation, "insecure-dev-attestation", false, "DEVELOPMENT ONLY: accept nodes without a TPM")
+}
+
+// Validator builds the validator the flags select: the TPM validator with
+// the expected measurements (and AK roots), or, only when asked for
+// explicitly and alone, the development validator, with a warning.
+func (f Flags) Validator(fs afero.Fs, log *zap.Logger) (attestation.Validator, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if f.InsecureDevAttestation {
+		if f.Measurements != "" || f.AKRoots != "" || f.TrustAnyAK {
+			return nil, errors.New("--insecure-dev-attestation cannot be combined with --measurements, --ak-roots or --insecure-trust-any-ak")
+		}
+		log.Warn("Accepting nodes WITHOUT TPM attestation (--insecure-dev-attestation): development only",
+			logging.Event("dev_attestation_enabled"))
+		return attestation.NewDevValidator(log), nil
+	}
+	if f.Measurements == "" {
+		return nil, errors.New("--measurements is required (or --insecure-dev-attestation for development)")
+	}
+	measurements, err := attestation.LoadMeasurements(fs, f.Measurements)
+	if err != nil {
+		return nil, err
+	}
+	cfg := attestation.ValidatorConfig{Measurements: measurements, TrustAnyAK: f.TrustAnyAK, Log: log}
+	if f.AKRoots != "" {
+		pem, err := afero.ReadFile(fs, f.AKRoots)
+		if err != nil {
+			return nil, fmt.Errorf("reading --ak-roots: %w", err)
+		}
+		cfg.AKRoots = x509.NewCertPool()
+		if !cfg.AKRoots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ak-roots %s holds no PEM certificate", f.AKRoots)
+		}
+	}
+	return attestation.NewTPMValidator(cfg)
+}
