@@ -14,11 +14,17 @@ import (
 // with the reason) and waits until ctx ends. The disk is never written.
 func (m *Manager) waitRefused(ctx context.Context, uuid, reason string) error {
 	m.log.Error("Refusing state disk; waiting for an operator", zap.String("reason", reason), zap.String("disk", m.cfg.StateDisk))
+	return m.serveRefusal(ctx, uuid, reason, "State disk refused, waiting for an operator")
+}
+
+// serveRefusal runs only the RecoveryServer, refusing every push with reason,
+// and repeats reminder on the console until ctx ends.
+func (m *Manager) serveRefusal(ctx context.Context, uuid, reason, reminder string) error {
 	sources, err := m.sources(uuid, ModeRefused)
 	if err != nil {
 		return fmt.Errorf("%w: %s (and no recovery listener: %v)", ErrRefused, reason, err)
 	}
-	stopReminder := m.remind(ctx, "State disk refused, waiting for an operator", zap.String("reason", reason))
+	stopReminder := m.remind(ctx, reminder, zap.String("reason", reason), zap.String("disk", m.cfg.StateDisk))
 	defer stopReminder()
 	refuse := func(unlock.Key) error {
 		return fmt.Errorf("%w: %s", errRefusedPush, reason)

@@ -120,31 +120,42 @@ func (m *Manager) Run(ctx context.Context) (Summary, error) {
 	return sum, nil
 }
 
-// waitForDisk probes the state disk, waiting (and saying so) while it is absent.
+// waitForDisk probes the state disk. While it is absent the node says so and
+// keeps the RecoveryServer up, refusing pushes with the reason, so an
+// operator who reaches it learns why instead of finding a closed port.
 func (m *Manager) waitForDisk(ctx context.Context) (diskencryption.Probe, error) {
-	var lastReminder time.Time
+	if _, err := os.Stat(m.cfg.StateDisk); err == nil {
+		return m.probe()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return diskencryption.Probe{}, fmt.Errorf("state disk %s: %w", m.cfg.StateDisk, err)
+	}
+
+	waitCtx, stopWaiting := context.WithCancel(ctx)
+	refused := make(chan error, 1)
+	go func() { refused <- m.serveRefusal(waitCtx, "", "no state disk", "Waiting for state disk") }()
+	defer func() { stopWaiting(); <-refused }()
+
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
 	for {
-		_, statErr := os.Stat(m.cfg.StateDisk)
-		if statErr == nil {
-			probe, err := m.disks.Probe(m.cfg.StateDisk)
-			if err != nil {
-				return diskencryption.Probe{}, fmt.Errorf("probing state disk %s: %w", m.cfg.StateDisk, err)
-			}
-			return probe, nil
-		}
-		if !errors.Is(statErr, os.ErrNotExist) {
-			return diskencryption.Probe{}, fmt.Errorf("state disk %s: %w", m.cfg.StateDisk, statErr)
-		}
-		if time.Since(lastReminder) >= m.cfg.ReminderInterval {
-			m.log.Warn("Waiting for state disk", logging.Event("waiting_for_state_disk"), zap.String("disk", m.cfg.StateDisk))
-			lastReminder = time.Now()
-		}
 		select {
 		case <-ctx.Done():
 			return diskencryption.Probe{}, ctx.Err()
-		case <-time.After(250 * time.Millisecond):
+		case <-tick.C:
+		}
+		if _, err := os.Stat(m.cfg.StateDisk); err == nil {
+			m.log.Info("State disk appeared", logging.Event("state_disk_appeared"), zap.String("disk", m.cfg.StateDisk))
+			return m.probe()
 		}
 	}
+}
+
+func (m *Manager) probe() (diskencryption.Probe, error) {
+	probe, err := m.disks.Probe(m.cfg.StateDisk)
+	if err != nil {
+		return diskencryption.Probe{}, fmt.Errorf("probing state disk %s: %w", m.cfg.StateDisk, err)
+	}
+	return probe, nil
 }
 
 // warnIfMarked says early when PCR 15 is already extended: the key service

@@ -227,10 +227,18 @@ func TestInterruptedFormatIsRedone(t *testing.T) {
 	}
 }
 
-func TestMissingDiskIsAwaited(t *testing.T) {
+func TestMissingDiskIsAwaitedWithTheRecoveryListenerUp(t *testing.T) {
 	ms := testSecret(t)
 	disks := &fakeDisks{probe: diskencryption.Probe{Kind: diskencryption.KindBlank}}
+	refusedPush := make(chan error, 1)
 	l := newLifecycle(t, disks, func(uuid string, mode DiskMode) []KeySource {
+		if mode == ModeRefused {
+			return []KeySource{sourceFunc{name: "RecoveryServer", serve: func(ctx context.Context, check unlock.Check) error {
+				refusedPush <- check(ctx, cloneKey(rightKey))
+				<-ctx.Done()
+				return ctx.Err()
+			}}}
+		}
 		return []KeySource{&scriptedSource{name: "RejoinClient", candidates: []unlock.Key{ticketFor(t, ms, uuid)}}}
 	})
 	if err := os.Remove(l.cfg.StateDisk); err != nil {
@@ -238,6 +246,9 @@ func TestMissingDiskIsAwaited(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { _, err := l.mgr.Run(context.Background()); done <- err }()
+	if err := <-refusedPush; !errors.Is(err, unlock.ErrMalformed) {
+		t.Fatalf("push without a disk answered %v", err)
+	}
 	select {
 	case err := <-done:
 		t.Fatalf("Run returned without a disk: %v", err)
@@ -248,6 +259,9 @@ func TestMissingDiskIsAwaited(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+	if len(l.modes) != 2 || l.modes[0] != ModeRefused || l.modes[1] != ModeBlank || disks.formatted != 1 {
+		t.Fatalf("modes %v formatted %d", l.modes, disks.formatted)
 	}
 }
 
