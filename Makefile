@@ -46,6 +46,10 @@ lint:
 unit:
 	$(GO) test -race -count=1 ./...
 
+# A narrated boot of one node: first boot, rejoin, manual recovery.
+demo: deps image
+	./scripts/demo.sh
+
 # The QEMU + swtpm integration suite (TCG; boots one VM at a time).
 vmtest: deps image
 	$(GO) test -tags vmtest -count=1 -timeout 40m -p 1 ./test/...

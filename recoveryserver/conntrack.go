@@ -49,7 +49,7 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		c := &trackedConn{Conn: raw, owner: l, key: raw.RemoteAddr().String()}
+		c := &trackedConn{Conn: raw, owner: l, key: raw.RemoteAddr().String(), closed: make(chan struct{})}
 		l.mu.Lock()
 		var victim *trackedConn
 		refuse := l.closing
@@ -188,10 +188,14 @@ type trackedConn struct {
 	established bool   // guarded by owner.mu
 	activeRPCs  int    // guarded by owner.mu
 	closeOnce   sync.Once
+	closed      chan struct{} // closed once the connection is closed (by either side)
 }
 
 func (c *trackedConn) Close() error {
 	err := c.Conn.Close()
-	c.closeOnce.Do(func() { c.owner.forget(c) })
+	c.closeOnce.Do(func() {
+		c.owner.forget(c)
+		close(c.closed)
+	})
 	return err
 }

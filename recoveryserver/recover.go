@@ -34,6 +34,9 @@ type recoverService struct {
 	checkSlot chan struct{}
 	// accepted is closed (holding checkSlot) once check accepted a key.
 	accepted chan struct{}
+	// winnerConn is the connection that carried the accepted key (set
+	// before accepted is closed; nil if it could not be told).
+	winnerConn *trackedConn
 	// receivers counts the goroutines blocked in stream.Recv, so that Serve
 	// can wait for them after gRPC closed every stream.
 	receivers sync.WaitGroup
@@ -134,6 +137,7 @@ func (r *recoverService) checkAndAccept(ctx context.Context, key unlock.Key) err
 	if err == nil {
 		r.log.Info("Received state disk key and measurement secret, shutting down server",
 			logging.Event("recovery_key_accepted"))
+		r.winnerConn, _ = ctx.Value(connCtxKey{}).(*trackedConn)
 		close(r.accepted)
 		return nil
 	}

@@ -42,8 +42,11 @@ const (
 	// connection while a refused stream is still being torn down.
 	DefaultMaxConcurrentStreams = 4
 	// DefaultMaxConnections bounds the open connections (including ones still
-	// in their handshake); further connections are closed on accept.
+	// in their handshake); at the bound the oldest idle one is evicted.
 	DefaultMaxConnections = 16
+	// clientHangUpTimeout bounds the wait for the winning client to close
+	// its connection after reading OK.
+	clientHangUpTimeout = 500 * time.Millisecond
 	// gracefulStopTimeout bounds how long the server waits, after a key was
 	// accepted, for the accepting RPC and its connection to finish cleanly
 	// before it closes every connection hard.
@@ -190,6 +193,7 @@ func (s *Server) Serve(ctx context.Context, check unlock.Check) error {
 	var result error
 	select {
 	case <-service.accepted:
+		s.awaitClientHangUp(service.winnerConn)
 		s.stopGracefully(grpcServer, conns)
 	case <-ctx.Done():
 		result = ctx.Err()
@@ -231,6 +235,23 @@ func (s *Server) newGRPCServer(conns *trackedListener) *grpc.Server {
 		grpc.StatsHandler(conns),
 		grpc.StreamInterceptor(loggingStreamInterceptor(s.cfg.Log.Named("gRPC"))),
 	)
+}
+
+// awaitClientHangUp gives the operator's client the chance to read the OK and
+// close its connection first. A server that closes a connection whose peer
+// still has bytes in flight (its END_STREAM, a window update) makes the
+// kernel send a reset, and the client may lose the OK it had not read yet:
+// dmctl would report a failure for a key the node took.
+func (s *Server) awaitClientHangUp(winner *trackedConn) {
+	if winner == nil {
+		return
+	}
+	timer := time.NewTimer(clientHangUpTimeout)
+	defer timer.Stop()
+	select {
+	case <-winner.closed:
+	case <-timer.C:
+	}
 }
 
 // stopGracefully lets the accepting RPC finish with OK: it closes the

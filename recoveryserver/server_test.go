@@ -326,3 +326,22 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// After the accepting push the server waits (bounded) for the operator's
+// client to hang up before it closes connections, so the client is never
+// reset before it has read the OK.
+func TestServeLetsTheWinningClientHangUpFirst(t *testing.T) {
+	verifyNoLeaks(t)
+	s := newSecrets(t)
+	h := startServer(t, &keyChecker{right: s.diskKey})
+	cc := dial(t, h.addr, nil)
+	if _, err := push(testContext(t), cc, s.secret, nil, s.diskKey); err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	time.Sleep(clientHangUpTimeout / 5)
+	h.stillServing(t) // the winning client still holds its connection open
+	cc.Close()
+	if err := h.waitServe(t); err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+}
