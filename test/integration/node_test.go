@@ -93,6 +93,7 @@ func (n *node) boot(ctx context.Context, t *testing.T, o bootOpts) *boot {
 	}
 	b := &boot{VM: vm, node: n, label: n.name + " " + o.label, qemuStart: time.Now()}
 	t.Cleanup(func() {
+		scanBootForKeys(t, b)
 		if t.Failed() {
 			for _, l := range vm.Lines() {
 				t.Logf("%s: %s", b.label, l)
