@@ -45,6 +45,7 @@ lint:
 
 unit:
 	$(GO) test -race -count=1 ./...
+	@cat build/faults/report.txt
 
 # A narrated boot of one node: first boot, rejoin, manual recovery.
 demo: deps image
@@ -53,6 +54,7 @@ demo: deps image
 # The QEMU + swtpm integration suite (TCG; boots one VM at a time).
 vmtest: deps image
 	$(GO) test -tags vmtest -count=1 -timeout 40m -p 1 ./test/...
+	@cat build/integration/timings.txt
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
