@@ -3,6 +3,7 @@ package setup
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 
 	"github.com/diskmapper/disk-mapper/internal/logging"
 	"github.com/diskmapper/disk-mapper/internal/masterkey"
@@ -92,6 +93,9 @@ func (m *Manager) mark(measurementSecret, measurementSalt []byte) error {
 func (m *Manager) handOver(key []byte) error {
 	if m.cfg.KeyHandoverFile == "" {
 		return nil
+	}
+	if err := m.fs.MkdirAll(filepath.Dir(m.cfg.KeyHandoverFile), 0o700); err != nil {
+		return fmt.Errorf("writing key handover file: %w", err)
 	}
 	if err := afero.WriteFile(m.fs, m.cfg.KeyHandoverFile, key, 0o400); err != nil {
 		return fmt.Errorf("writing key handover file: %w", err)

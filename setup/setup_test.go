@@ -276,3 +276,36 @@ func equalStates(a, b []diskencryption.State) bool {
 	}
 	return true
 }
+
+// The key reaches a file only when the image asks for it.
+func TestKeyHandoverOnlyWhenConfigured(t *testing.T) {
+	for _, handover := range []string{"", "/run/disk-mapper/state.key"} {
+		ms := testSecret(t)
+		disks := &fakeDisks{probe: diskencryption.Probe{Kind: diskencryption.KindBlank}}
+		l := newLifecycle(t, disks, func(uuid string, mode DiskMode) []KeySource {
+			return []KeySource{&scriptedSource{name: "RejoinClient", candidates: []unlock.Key{ticketFor(t, ms, uuid)}}}
+		})
+		l.mgr.cfg.KeyHandoverFile = handover
+		if _, err := l.mgr.Run(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		var files []string
+		afero.Walk(l.fs, "/", func(path string, info os.FileInfo, err error) error {
+			if err == nil && !info.IsDir() {
+				files = append(files, path)
+			}
+			return nil
+		})
+		want := []string{l.mgr.nodeStatePath()}
+		if handover != "" {
+			want = append(want, handover)
+			got, _ := afero.ReadFile(l.fs, handover)
+			if !bytes.Equal(got, ticketFor(t, ms, disks.disk.uuid).DiskKey) {
+				t.Fatal("handover file does not hold the disk key")
+			}
+		}
+		if len(files) != len(want) {
+			t.Fatalf("handover %q: files %v, want %v", handover, files, want)
+		}
+	}
+}
