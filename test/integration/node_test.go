@@ -51,6 +51,9 @@ type bootOpts struct {
 	integrity bool
 	diskSize  int64    // default diskSize
 	extra     []string // more kernel parameters (dm.write=…, dm.read=…, dm.pcr=15)
+	// secondDisk (/dev/vdb) is an optional scratch disk of secondDiskSize bytes.
+	secondDisk     string
+	secondDiskSize int64
 }
 
 // boot is one boot of a node with its metadata server; the returned VM's
@@ -87,6 +90,7 @@ func (n *node) boot(ctx context.Context, t *testing.T, o bootOpts) *boot {
 	vm, err := vmtest.Boot(ctx, t, vmtest.Config{
 		Disk: n.disk, DiskSize: size, TPMStateDir: n.tpmDir,
 		Initrd: n.s.image.Initrd, Cmdline: cmdline, Forwards: forwards, Timeout: vmTimeout,
+		SecondDisk: o.secondDisk, SecondDiskSize: o.secondDiskSize,
 	})
 	if err != nil {
 		t.Fatalf("%s %s: boot: %v", n.name, o.label, err)

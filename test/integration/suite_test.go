@@ -44,6 +44,7 @@ var (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	printTimings(os.Stdout)
+	printCrashMatrix(os.Stdout)
 	printKeyHygiene(os.Stdout)
 	if theSuite != nil {
 		os.RemoveAll(theSuite.dir)
