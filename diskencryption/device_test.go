@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/diskmapper/disk-mapper/internal/constants"
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 	"github.com/diskmapper/disk-mapper/internal/unlock"
 )
 
@@ -21,7 +22,7 @@ func TestFormatWritesOurHeader(t *testing.T) {
 	if s, err := d.State(); err != nil || s != StateFormatting {
 		t.Fatalf("State = %q, %v; want %q", s, err, StateFormatting)
 	}
-	cliUUID := strings.TrimSpace(string(cryptsetupCLI(t, nil, "luksUUID", d.Path())))
+	cliUUID := strings.TrimSpace(string(testutil.CryptsetupCLI(t, nil, "luksUUID", d.Path())))
 	if d.UUID() != strings.ToLower(cliUUID) || d.UUID() != strings.ToLower(d.UUID()) || d.UUID() == "" {
 		t.Fatalf("UUID = %q, cryptsetup says %q", d.UUID(), cliUUID)
 	}
@@ -41,7 +42,7 @@ func TestFormatWritesOurHeader(t *testing.T) {
 			t.Errorf("kdf = %v, want pbkdf2/sha256/1000", kdf)
 		}
 	}
-	cryptsetupCLI(t, key, "open", "--test-passphrase", "--key-file", "-", d.Path())
+	testutil.CryptsetupCLI(t, key, "open", "--test-passphrase", "--key-file", "-", d.Path())
 
 	f, err := os.Open(d.Path())
 	if err != nil {
@@ -146,7 +147,7 @@ func TestEnrollKey(t *testing.T) {
 			t.Errorf("new keyslot kdf = %v, want pbkdf2 with 1000 iterations", kdf)
 		}
 	}
-	cryptsetupCLI(t, clusterKey, "open", "--test-passphrase", "--key-file", "-", d.Path())
+	testutil.CryptsetupCLI(t, clusterKey, "open", "--test-passphrase", "--key-file", "-", d.Path())
 }
 
 func TestSetStateRoundTrip(t *testing.T) {
@@ -237,6 +238,6 @@ func TestActivateRefusesBeforeMapping(t *testing.T) {
 func cliLUKS1(t testing.TB, pass []byte) string {
 	t.Helper()
 	path := newDisk(t, testDiskSize)
-	cryptsetupCLI(t, pass, "luksFormat", "-q", "--type", "luks1", "--pbkdf-force-iterations", "1000", "--key-file", "-", path)
+	testutil.CryptsetupCLI(t, pass, "luksFormat", "-q", "--type", "luks1", "--pbkdf-force-iterations", "1000", "--key-file", "-", path)
 	return path
 }

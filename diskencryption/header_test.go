@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 )
 
 // Real headers made by the cryptsetup CLI that differ from ours in one
@@ -44,7 +46,7 @@ func TestVerifyHeaderRefusesCLIHeaders(t *testing.T) {
 				if err := os.WriteFile(tok, []byte(`{"type":"attacker-unlock","keyslots":["0"],"url":"https://attacker.example/"}`), 0o600); err != nil {
 					t.Fatal(err)
 				}
-				cryptsetupCLI(t, nil, "token", "import", "--json-file", tok, path)
+				testutil.CryptsetupCLI(t, nil, "token", "import", "--json-file", tok, path)
 				return path
 			},
 			wantField: "tokens.0.type",

@@ -1,14 +1,12 @@
 package diskencryption
 
 import (
-	"bytes"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
+
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 )
 
 const testDiskSize = 40 << 20
@@ -16,25 +14,12 @@ const testDiskSize = 40 << 20
 // newDisk creates a sparse zero file of size bytes under t.TempDir().
 func newDisk(t testing.TB, size int64) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "disk.img")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return testutil.SparseFile(t, "disk.img", size)
 }
 
 func randomKey(t testing.TB) []byte {
 	t.Helper()
-	k := make([]byte, 32)
-	if _, err := rand.Read(k); err != nil {
-		t.Fatal(err)
-	}
-	return k
+	return testutil.RandomBytes(t, 32)
 }
 
 // formatOurs formats a fresh disk with Format and returns it opened.
@@ -49,37 +34,18 @@ func formatOurs(t testing.TB) (*Device, []byte) {
 	return d, key
 }
 
-// cryptsetupCLI runs the cryptsetup binary (cryptsetup-bin) with stdin.
-func cryptsetupCLI(t testing.TB, stdin []byte, args ...string) []byte {
-	t.Helper()
-	bin, err := exec.LookPath("cryptsetup")
-	if err != nil {
-		t.Skip("cryptsetup CLI not installed (Debian package cryptsetup-bin)")
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdin = bytes.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("cryptsetup %v: %v\n%s", args, err, out)
-	}
-	return out
-}
-
-// cliFormat makes a LUKS2 (or LUKS1) header with the cryptsetup CLI; extra
-// options come after the fast PBKDF2 defaults so they can override them.
+// cliFormat makes a LUKS2 header with the cryptsetup CLI on a fresh disk;
+// extra options override the fast PBKDF2 defaults.
 func cliFormat(t testing.TB, passphrase []byte, extra ...string) string {
 	t.Helper()
 	path := newDisk(t, testDiskSize)
-	args := []string{"luksFormat", "-q", "--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
-		"--sector-size", "4096", "--key-file", "-"}
-	args = append(append(args, extra...), path)
-	cryptsetupCLI(t, passphrase, args...)
+	testutil.CLIFormatLUKS2(t, path, passphrase, extra...)
 	return path
 }
 
 func dumpJSON(t testing.TB, path string) map[string]any {
 	t.Helper()
-	out := cryptsetupCLI(t, nil, "luksDump", "--dump-json-metadata", path)
+	out := testutil.CryptsetupCLI(t, nil, "luksDump", "--dump-json-metadata", path)
 	var m map[string]any
 	if err := json.Unmarshal(out, &m); err != nil {
 		t.Fatalf("luksDump JSON: %v\n%s", err, out)
@@ -94,16 +60,4 @@ func fileHash(t testing.TB, path string) [32]byte {
 		t.Fatal(err)
 	}
 	return sha256.Sum256(b)
-}
-
-func writeAt(t testing.TB, path string, off int64, data []byte) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteAt(data, off); err != nil {
-		t.Fatal(err)
-	}
 }

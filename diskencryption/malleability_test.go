@@ -1,13 +1,10 @@
 package diskencryption
 
 import (
-	"bytes"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
-	"os"
 	"testing"
+
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 )
 
 // The 2025 header-malleability attack on a real header: an attacker who
@@ -23,7 +20,7 @@ func TestVerifyHeaderRefusesCipherNullRewrite(t *testing.T) {
 	path := d.Path()
 	d.Close()
 
-	rewriteHeaderJSON(t, path, func(m map[string]any) {
+	testutil.RewriteLUKS2HeaderJSON(t, path, func(m map[string]any) {
 		seg(m)["encryption"] = "cipher_null-ecb"
 	})
 
@@ -48,46 +45,5 @@ func TestVerifyHeaderRefusesCipherNullRewrite(t *testing.T) {
 	}
 	if p, err := ProbeDevice(path); err != nil || p.Kind != KindLUKS2 || p.State != StateInitialized {
 		t.Fatalf("ProbeDevice = %+v, %v (the probe reports, VerifyHeader refuses)", p, err)
-	}
-}
-
-// rewriteHeaderJSON edits the JSON area of both LUKS2 header copies and
-// recomputes their checksums, as an attacker with write access would.
-func rewriteHeaderJSON(t *testing.T, path string, edit func(map[string]any)) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	bin := make([]byte, 4096)
-	if _, err := f.ReadAt(bin, 0); err != nil {
-		t.Fatal(err)
-	}
-	hdrSize := int64(binary.BigEndian.Uint64(bin[8:16]))
-	for _, off := range []int64{0, hdrSize} {
-		hdr := make([]byte, hdrSize)
-		if _, err := f.ReadAt(hdr, off); err != nil {
-			t.Fatal(err)
-		}
-		jsonArea := hdr[4096:]
-		var m map[string]any
-		if err := json.Unmarshal(bytes.TrimRight(jsonArea, "\x00"), &m); err != nil {
-			t.Fatalf("header copy at %d: %v", off, err)
-		}
-		edit(m)
-		edited, err := json.Marshal(m)
-		if err != nil || len(edited) >= len(jsonArea) {
-			t.Fatalf("edited JSON: %v (%d bytes)", err, len(edited))
-		}
-		clear(jsonArea)
-		copy(jsonArea, edited)
-		const csumOff, csumLen = 448, 64
-		clear(hdr[csumOff : csumOff+csumLen])
-		sum := sha256.Sum256(hdr)
-		copy(hdr[csumOff:], sum[:])
-		if _, err := f.WriteAt(hdr, off); err != nil {
-			t.Fatal(err)
-		}
 	}
 }

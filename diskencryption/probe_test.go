@@ -4,6 +4,8 @@ import (
 	"crypto/rand"
 	"strings"
 	"testing"
+
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 )
 
 func TestProbeDevice(t *testing.T) {
@@ -26,7 +28,7 @@ func TestProbeDevice(t *testing.T) {
 		"ext4 superblock magic": {
 			make: func(t *testing.T) string {
 				p := newDisk(t, testDiskSize)
-				writeAt(t, p, 1024+56, []byte{0x53, 0xEF})
+				testutil.WriteAt(t, p, 1024+56, []byte{0x53, 0xEF})
 				return p
 			},
 			wantKind:   KindForeign,
@@ -35,7 +37,7 @@ func TestProbeDevice(t *testing.T) {
 		"MBR boot signature": {
 			make: func(t *testing.T) string {
 				p := newDisk(t, testDiskSize)
-				writeAt(t, p, 510, []byte{0x55, 0xAA})
+				testutil.WriteAt(t, p, 510, []byte{0x55, 0xAA})
 				return p
 			},
 			wantKind:   KindForeign,
@@ -44,7 +46,7 @@ func TestProbeDevice(t *testing.T) {
 		"backup GPT header at the end": {
 			make: func(t *testing.T) string {
 				p := newDisk(t, testDiskSize)
-				writeAt(t, p, testDiskSize-512, []byte("EFI PART"))
+				testutil.WriteAt(t, p, testDiskSize-512, []byte("EFI PART"))
 				return p
 			},
 			wantKind:   KindForeign,
@@ -53,7 +55,7 @@ func TestProbeDevice(t *testing.T) {
 		"one byte in the last MiB": {
 			make: func(t *testing.T) string {
 				p := newDisk(t, testDiskSize)
-				writeAt(t, p, testDiskSize-100, []byte{1})
+				testutil.WriteAt(t, p, testDiskSize-100, []byte{1})
 				return p
 			},
 			wantKind:   KindForeign,
@@ -66,7 +68,7 @@ func TestProbeDevice(t *testing.T) {
 				if _, err := rand.Read(junk); err != nil {
 					t.Fatal(err)
 				}
-				writeAt(t, p, 0, junk)
+				testutil.WriteAt(t, p, 0, junk)
 				return p
 			},
 			wantKind:   KindForeign,
@@ -84,7 +86,7 @@ func TestProbeDevice(t *testing.T) {
 				if _, err := rand.Read(junk); err != nil {
 					t.Fatal(err)
 				}
-				writeAt(t, p, 32768, junk)
+				testutil.WriteAt(t, p, 32768, junk)
 				return p
 			},
 			wantKind:   KindBlank,
@@ -95,7 +97,7 @@ func TestProbeDevice(t *testing.T) {
 				p := markedDisk(t)
 				hdr := make([]byte, 4096)
 				copy(hdr, "LUKS\xba\xbe\x00\x02")
-				writeAt(t, p, 0, hdr)
+				testutil.WriteAt(t, p, 0, hdr)
 				return p
 			},
 			wantKind:   KindBlank,
@@ -104,7 +106,7 @@ func TestProbeDevice(t *testing.T) {
 		"format marker plus other data at the end": {
 			make: func(t *testing.T) string {
 				p := markedDisk(t)
-				writeAt(t, p, testDiskSize-(1<<20), []byte("data"))
+				testutil.WriteAt(t, p, testDiskSize-(1<<20), []byte("data"))
 				return p
 			},
 			wantKind:   KindForeign,
@@ -118,8 +120,8 @@ func TestProbeDevice(t *testing.T) {
 		"LUKS2 damaged beyond loading": {
 			make: func(t *testing.T) string {
 				p := cliFormat(t, pass)
-				writeAt(t, p, 4096, []byte("garbage")) // primary JSON
-				writeAt(t, p, 16384+4096, []byte("garbage"))
+				testutil.WriteAt(t, p, 4096, []byte("garbage")) // primary JSON
+				testutil.WriteAt(t, p, 16384+4096, []byte("garbage"))
 				return p
 			},
 			wantKind:   KindForeign,
@@ -133,7 +135,7 @@ func TestProbeDevice(t *testing.T) {
 		"LUKS2 without keyslots or token (interrupted format)": {
 			make: func(t *testing.T) string {
 				p := cliFormat(t, pass)
-				cryptsetupCLI(t, nil, "luksKillSlot", "-q", p, "0")
+				testutil.CryptsetupCLI(t, nil, "luksKillSlot", "-q", p, "0")
 				return p
 			},
 			wantKind:   KindLUKS2,
@@ -158,7 +160,7 @@ func TestProbeDevice(t *testing.T) {
 		"ours with the primary header destroyed": {
 			make: func(t *testing.T) string {
 				p := oursInState(t, StateInitialized)
-				writeAt(t, p, 0, make([]byte, 4096))
+				testutil.WriteAt(t, p, 0, make([]byte, 4096))
 				return p
 			},
 			wantKind:  KindLUKS2,
@@ -183,7 +185,7 @@ func TestProbeDevice(t *testing.T) {
 				t.Fatalf("Reason = %q, want it to contain %q", p.Reason, tc.wantReason)
 			}
 			if p.Kind == KindLUKS2 {
-				uuid := strings.TrimSpace(string(cryptsetupCLI(t, nil, "luksUUID", path)))
+				uuid := strings.TrimSpace(string(testutil.CryptsetupCLI(t, nil, "luksUUID", path)))
 				if p.UUID != strings.ToLower(uuid) {
 					t.Fatalf("UUID = %q, cryptsetup says %q", p.UUID, uuid)
 				}

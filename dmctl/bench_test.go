@@ -9,6 +9,7 @@ import (
 	"github.com/diskmapper/disk-mapper/internal/attestation"
 	"github.com/diskmapper/disk-mapper/internal/attestation/atls"
 	"github.com/diskmapper/disk-mapper/internal/attestation/attestationtest"
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/credentials"
 )
@@ -81,20 +82,11 @@ func newSwtpmNode(tb testing.TB) *swtpmNode {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	t, err := tpm.Open()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer t.Close()
-	ak, err := attestation.AKPublicKey(t)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return &swtpmNode{issuer: iss, ak: ak}
+	return &swtpmNode{issuer: iss, ak: testutil.AKPublicKey(tb, tpm)}
 }
 
 func benchRecover(b *testing.B, nodeCreds func(tb testing.TB, i int) credentials.TransportCredentials, operatorCreds func(testing.TB) credentials.TransportCredentials) {
-	secret := newSecret(b)
+	secret := testutil.NewMasterSecret(b)
 	creds := operatorCreds(b)
 	run := func(n int) time.Duration {
 		b.StopTimer()

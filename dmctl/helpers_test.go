@@ -17,15 +17,6 @@ import (
 	"google.golang.org/grpc/credentials"
 )
 
-func newSecret(tb testing.TB) masterkey.MasterSecret {
-	tb.Helper()
-	s, err := masterkey.New()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return s
-}
-
 // diskUUID returns a distinct, well-formed LUKS UUID per i.
 func diskUUID(i int) string { return fmt.Sprintf("0a1b2c3d-0000-4000-8000-%012d", i) }
 

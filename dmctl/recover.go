@@ -7,10 +7,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"time"
 
+	"github.com/diskmapper/disk-mapper/internal/backoff"
 	"github.com/diskmapper/disk-mapper/internal/masterkey"
 	"google.golang.org/grpc/credentials"
 )
@@ -107,9 +107,11 @@ func Recover(ctx context.Context, cfg RecoverConfig) ([]Result, error) {
 		measurementSalt:   measurementSalt,
 		creds:             cfg.Credentials,
 		attemptTimeout:    orDefault(cfg.AttemptTimeout, DefaultAttemptTimeout),
-		backoffBase:       orDefault(cfg.BackoffBase, DefaultBackoffBase),
-		backoffCap:        orDefault(cfg.BackoffCap, DefaultBackoffCap),
-		progress:          serialised(cfg.Progress),
+		backoff: backoff.Exponential{
+			Base: orDefault(cfg.BackoffBase, DefaultBackoffBase),
+			Cap:  orDefault(cfg.BackoffCap, DefaultBackoffCap),
+		},
+		progress: serialised(cfg.Progress),
 	}
 	results := make([]Result, len(cfg.Endpoints))
 	var wg sync.WaitGroup
@@ -125,7 +127,7 @@ type recoverer struct {
 	measurementSecret, measurementSalt []byte
 	creds                              credentials.TransportCredentials
 	attemptTimeout                     time.Duration
-	backoffBase, backoffCap            time.Duration
+	backoff                            backoff.Exponential
 	progress                           func(Progress)
 }
 
@@ -160,24 +162,15 @@ func (r *recoverer) recoverNode(ctx context.Context, endpoint string) Result {
 		if !retryable(err) {
 			return finish(err)
 		}
-		delay := r.backoff(res.Attempts)
+		// Equal jitter: at least half of the capped exponential window, so a
+		// node that is not up is not hammered, and at most all of it, so
+		// several nodes do not retry in lock-step.
+		delay := r.backoff.EqualJitter(res.Attempts)
 		r.progress(Progress{Endpoint: endpoint, Stage: StageRetrying, Attempt: res.Attempts, RetryIn: delay, Err: err})
-		if sleep(ctx, delay) != nil {
+		if backoff.Sleep(ctx, delay) != nil {
 			return finish(fmt.Errorf("gave up after %d attempts (timeout): %w", res.Attempts, err))
 		}
 	}
-}
-
-// backoff is capped exponential backoff with equal jitter: at least half of
-// the window, so a node that is not up is not hammered, and at most all of
-// it, so several nodes do not retry in lock-step.
-func (r *recoverer) backoff(attempt int) time.Duration {
-	window := r.backoffBase
-	for i := 1; i < attempt && window < r.backoffCap; i++ {
-		window *= 2
-	}
-	window = min(window, r.backoffCap)
-	return window/2 + time.Duration(rand.Float64()*float64(window/2))
 }
 
 func serialised(f func(Progress)) func(Progress) {
@@ -197,15 +190,4 @@ func orDefault(d, def time.Duration) time.Duration {
 		return def
 	}
 	return d
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/diskmapper/disk-mapper/internal/attestation/atls"
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 	"go.uber.org/goleak"
 )
 
@@ -34,7 +35,7 @@ func recoverAll(t *testing.T, ctx context.Context, cfg RecoverConfig) []Result {
 }
 
 func TestRecoverOneNode(t *testing.T) {
-	secret := newSecret(t)
+	secret := testutil.NewMasterSecret(t)
 	node := startNode(t, listen(t), secret, diskUUID(1), nodeCredentials())
 
 	res := recoverAll(t, t.Context(), RecoverConfig{Endpoints: []string{node.addr}, MasterSecret: secret})
@@ -55,7 +56,7 @@ func TestRecoverOneNode(t *testing.T) {
 }
 
 func TestRecoverThreeNodesAtOnce(t *testing.T) {
-	secret := newSecret(t)
+	secret := testutil.NewMasterSecret(t)
 	var nodes []*testNode
 	var endpoints []string
 	for i := range 3 {
@@ -89,12 +90,12 @@ func TestRecoverThreeNodesAtOnce(t *testing.T) {
 }
 
 func TestWrongMasterSecretIsRefusedNotRetried(t *testing.T) {
-	secret := newSecret(t)
+	secret := testutil.NewMasterSecret(t)
 	node := startNode(t, listen(t), secret, diskUUID(7), nodeCredentials())
 
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	res := recoverAll(t, ctx, RecoverConfig{Endpoints: []string{node.addr}, MasterSecret: newSecret(t)})
+	res := recoverAll(t, ctx, RecoverConfig{Endpoints: []string{node.addr}, MasterSecret: testutil.NewMasterSecret(t)})
 
 	if !errors.Is(res[0].Err, ErrKeyRefused) {
 		t.Fatalf("err = %v, want ErrKeyRefused", res[0].Err)
@@ -114,7 +115,7 @@ func TestWrongMasterSecretIsRefusedNotRetried(t *testing.T) {
 }
 
 func TestNodeNotUpYetIsRetriedUntilItIs(t *testing.T) {
-	secret := newSecret(t)
+	secret := testutil.NewMasterSecret(t)
 	addr := freeAddr(t) // closed loopback port until the node comes up
 	retries := make(chan struct{}, 100)
 	var res []Result
@@ -152,7 +153,7 @@ func TestNodeNotUpYetIsRetriedUntilItIs(t *testing.T) {
 func TestTimeoutGivesUpOnNodeThatNeverComesUp(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 	defer cancel()
-	res := recoverAll(t, ctx, RecoverConfig{Endpoints: []string{freeAddr(t)}, MasterSecret: newSecret(t)})
+	res := recoverAll(t, ctx, RecoverConfig{Endpoints: []string{freeAddr(t)}, MasterSecret: testutil.NewMasterSecret(t)})
 	if res[0].Err == nil {
 		t.Fatal("recover of a closed port succeeded")
 	}
@@ -162,7 +163,7 @@ func TestTimeoutGivesUpOnNodeThatNeverComesUp(t *testing.T) {
 }
 
 func TestNodeWithoutAttestationIsRefusedNotRetried(t *testing.T) {
-	secret := newSecret(t)
+	secret := testutil.NewMasterSecret(t)
 	// The node offers TLS but no attestation document.
 	node := startNode(t, listen(t), secret, diskUUID(4), atls.NewCredentials(atls.Config{}))
 

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -50,7 +51,7 @@ func BenchmarkRejoinStorm(b *testing.B) {
 func benchStorm(b *testing.B, nodes, capacity int, service time.Duration,
 	pair func(testing.TB) (credentials.TransportCredentials, credentials.TransportCredentials), allowUnattested bool,
 ) {
-	secret := newSecret(b)
+	secret := testutil.NewMasterSecret(b)
 	ideal := time.Duration(nodes/capacity) * service
 	var ratioSum, spanSum, firstSum, peakSum, retryPeakSum, perNodeSum float64
 	for b.Loop() {

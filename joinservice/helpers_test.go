@@ -10,18 +10,8 @@ import (
 
 	"github.com/diskmapper/disk-mapper/internal/attestation"
 	"github.com/diskmapper/disk-mapper/internal/attestation/atls"
-	"github.com/diskmapper/disk-mapper/internal/masterkey"
 	"google.golang.org/grpc/credentials"
 )
-
-func newSecret(tb testing.TB) masterkey.MasterSecret {
-	tb.Helper()
-	s, err := masterkey.New()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return s
-}
 
 // atlsPair returns the service's credentials (test certificate, development
 // validator) and a node's (development issuer, the test CA as RootCAs), so

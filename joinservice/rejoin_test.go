@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/diskmapper/disk-mapper/internal/masterkey"
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 	"github.com/diskmapper/disk-mapper/internal/unlock"
 	"github.com/diskmapper/disk-mapper/rejoinclient"
 	"google.golang.org/grpc/credentials"
@@ -75,7 +76,7 @@ func rejoinNodes(ctx context.Context, n int, addr string, secret masterkey.Maste
 }
 
 func TestRejoinClientsBackOffUnderOverload(t *testing.T) {
-	secret := newSecret(t)
+	secret := testutil.NewMasterSecret(t)
 	s, err := New(Config{MasterSecret: secret, MaxConcurrent: 2, Work: func(context.Context) error {
 		time.Sleep(20 * time.Millisecond)
 		return nil

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 	"github.com/diskmapper/disk-mapper/joinproto"
 	"go.uber.org/goleak"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -31,7 +32,7 @@ func dial(t *testing.T, addr string, creds credentials.TransportCredentials) *gr
 }
 
 func TestIssuesTicketDerivedFromMasterSecret(t *testing.T) {
-	secret := newSecret(t)
+	secret := testutil.NewMasterSecret(t)
 	s, err := New(Config{MasterSecret: secret, MaxConcurrent: 2})
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +55,7 @@ func TestIssuesTicketDerivedFromMasterSecret(t *testing.T) {
 }
 
 func TestRefusesMalformedDiskUUID(t *testing.T) {
-	s, err := New(Config{MasterSecret: newSecret(t), MaxConcurrent: 1})
+	s, err := New(Config{MasterSecret: testutil.NewMasterSecret(t), MaxConcurrent: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +70,7 @@ func TestRefusesMalformedDiskUUID(t *testing.T) {
 }
 
 func TestRefusesUnattestedPeer(t *testing.T) {
-	s, err := New(Config{MasterSecret: newSecret(t), MaxConcurrent: 1})
+	s, err := New(Config{MasterSecret: testutil.NewMasterSecret(t), MaxConcurrent: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +85,7 @@ func TestRefusesUnattestedPeer(t *testing.T) {
 func TestOverloadAnswersResourceExhaustedWithRetryInfo(t *testing.T) {
 	release := make(chan struct{})
 	entered := make(chan struct{}, 1)
-	s, err := New(Config{MasterSecret: newSecret(t), MaxConcurrent: 1, Work: func(ctx context.Context) error {
+	s, err := New(Config{MasterSecret: testutil.NewMasterSecret(t), MaxConcurrent: 1, Work: func(ctx context.Context) error {
 		entered <- struct{}{}
 		select {
 		case <-release:
@@ -148,7 +149,7 @@ func TestOverloadAnswersResourceExhaustedWithRetryInfo(t *testing.T) {
 }
 
 func TestHealthServing(t *testing.T) {
-	s, err := New(Config{MasterSecret: newSecret(t), MaxConcurrent: 1})
+	s, err := New(Config{MasterSecret: testutil.NewMasterSecret(t), MaxConcurrent: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +167,7 @@ func TestHealthServing(t *testing.T) {
 }
 
 func TestNewRejectsBadConfig(t *testing.T) {
-	if _, err := New(Config{MasterSecret: newSecret(t), MaxConcurrent: 0}); err == nil {
+	if _, err := New(Config{MasterSecret: testutil.NewMasterSecret(t), MaxConcurrent: 0}); err == nil {
 		t.Error("MaxConcurrent 0 accepted")
 	}
 	if _, err := New(Config{MaxConcurrent: 1}); err == nil {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -102,7 +103,7 @@ func TestStalledClientDoesNotBlockLaterPush(t *testing.T) {
 func TestHungCheckReleasesLockAtStreamDeadline(t *testing.T) {
 	verifyNoLeaks(t)
 	s := newSecrets(t)
-	hangKey := random(t, 32)
+	hangKey := testutil.RandomBytes(t, 32)
 	checker := &keyChecker{right: s.diskKey, hang: hangKey}
 	h := startServer(t, checker, func(c *Config) { c.StreamTimeout = 300 * time.Millisecond })
 	ctx := testContext(t)

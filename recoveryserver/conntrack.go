@@ -52,10 +52,12 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 		c := &trackedConn{Conn: raw, owner: l, key: raw.RemoteAddr().String(), closed: make(chan struct{})}
 		l.mu.Lock()
 		var victim *trackedConn
+		victimEstablished := false
 		refuse := l.closing
 		if !refuse && len(l.conns) >= l.maxConns {
 			victim = l.evictableLocked()
 			refuse = victim == nil
+			victimEstablished = victim != nil && victim.established
 		}
 		if !refuse {
 			l.seq++
@@ -67,7 +69,7 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 		if victim != nil {
 			l.log.Warn("Evicted a recovery connection to admit a new one: too many open connections",
 				logging.Event("recovery_connection_evicted"), zap.String("peer.address", victim.key),
-				zap.Bool("handshakeDone", victim.established), zap.Int("maxConnections", l.maxConns))
+				zap.Bool("handshakeDone", victimEstablished), zap.Int("maxConnections", l.maxConns))
 			victim.Close()
 		}
 		if !refuse {

@@ -3,17 +3,9 @@ package recoveryserver
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"runtime"
 	"strings"
@@ -29,6 +21,7 @@ import (
 
 	"github.com/diskmapper/disk-mapper/internal/constants"
 	"github.com/diskmapper/disk-mapper/internal/logging"
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 	"github.com/diskmapper/disk-mapper/internal/unlock"
 	"github.com/diskmapper/disk-mapper/recoverproto"
 )
@@ -96,16 +89,8 @@ type secrets struct {
 
 func newSecrets(t testing.TB) secrets {
 	t.Helper()
-	return secrets{diskKey: random(t, 32), wrongKey: random(t, 32), secret: random(t, 32), salt: random(t, 32)}
-}
-
-func random(t testing.TB, n int) []byte {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return secrets{diskKey: testutil.RandomBytes(t, 32), wrongKey: testutil.RandomBytes(t, 32),
+		secret: testutil.RandomBytes(t, 32), salt: testutil.RandomBytes(t, 32)}
 }
 
 // clone copies b: the server zeroes what it received, and the client's
@@ -114,31 +99,11 @@ func clone(b []byte) []byte { return append([]byte(nil), b...) }
 
 const testUUID = "c9a8f6a0-9d0b-4a1d-8e5c-2b0f5d6e7a11"
 
-// syncBuffer is a log sink the server writes to from many goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) Sync() error { return nil }
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // harness is one running server.
 type harness struct {
 	addr     string
 	checker  *keyChecker
-	logs     *syncBuffer
+	logs     *testutil.LogBuffer
 	cancel   context.CancelFunc
 	serveErr chan error
 	listener net.Listener
@@ -156,7 +121,7 @@ func startServer(t *testing.T, checker *keyChecker, opts ...option) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testutil.LogBuffer{}
 	cfg := Config{
 		DiskUUID:    testUUID,
 		Listener:    lis,
@@ -306,26 +271,8 @@ func stallAfterSecret(t *testing.T, ctx context.Context, cc *grpc.ClientConn, se
 	return stream
 }
 
-// logLine is one parsed JSON log line.
-type logLine map[string]any
-
-func parseLogs(t *testing.T, raw string) []logLine {
-	t.Helper()
-	var lines []logLine
-	for _, l := range strings.Split(strings.TrimSpace(raw), "\n") {
-		if l == "" {
-			continue
-		}
-		var line logLine
-		if err := json.Unmarshal([]byte(l), &line); err != nil {
-			t.Fatalf("log line is not JSON: %q: %v", l, err)
-		}
-		lines = append(lines, line)
-	}
-	return lines
-}
-
-func findLine(lines []logLine, msg string) (logLine, bool) {
+// findLine returns the first log line whose msg is msg.
+func findLine(lines []map[string]any, msg string) (map[string]any, bool) {
 	for _, l := range lines {
 		if l["msg"] == msg {
 			return l, true
@@ -337,35 +284,7 @@ func findLine(lines []logLine, msg string) (logLine, bool) {
 // selfSignedTLS returns server and client credentials for 127.0.0.1.
 func selfSignedTLS(t testing.TB) (server, client credentials.TransportCredentials) {
 	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "recoveryserver test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	server = credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: priv, Leaf: cert}},
-		MinVersion:   tls.VersionTLS13,
-	})
-	client = credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13})
-	return server, client
+	return testutil.SelfSignedTLS(t, "recoveryserver test")
 }
 
 // serverGoroutines lists live goroutines that belong to a gRPC server or to

@@ -1,8 +1,6 @@
 package recoveryserver
 
 import (
-	"encoding/base64"
-	"encoding/hex"
 	"strings"
 	"testing"
 
@@ -10,6 +8,7 @@ import (
 
 	"github.com/diskmapper/disk-mapper/internal/constants"
 	"github.com/diskmapper/disk-mapper/internal/logging"
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 )
 
 // TestLogLines checks the lines operators know from seed 003, word for word,
@@ -26,7 +25,7 @@ func TestLogLines(t *testing.T) {
 		t.Fatalf("Serve: %v", err)
 	}
 	cc.Close()
-	lines := parseLogs(t, h.logs.String())
+	lines := testutil.ParseLogLines(t, h.logs.String())
 
 	want := []struct{ logger, msg, event string }{
 		{constants.LoggerRecoveryServer, "Starting RecoveryServer", "recovery_server_started"},
@@ -76,7 +75,7 @@ func TestRefusalLogLines(t *testing.T) {
 	h.cancel()
 	h.waitServe(t)
 	cc.Close()
-	lines := parseLogs(t, h.logs.String())
+	lines := testutil.ParseLogLines(t, h.logs.String())
 
 	refused, ok := findLine(lines, "Recover call refused")
 	if !ok || refused["level"] != "WARN" || refused["event"] != "recover_call_refused" || refused["grpc.code"] != "PermissionDenied" {
@@ -116,15 +115,7 @@ func TestNoKeyMaterialInLogs(t *testing.T) {
 		"disk key": s.diskKey, "wrong key": s.wrongKey, "measurement secret": s.secret, "salt": s.salt,
 		"7-byte secret prefix": s.secret[:7], "5-byte key prefix": s.wrongKey[:5],
 	} {
-		for encoding, text := range map[string]string{
-			"raw":          string(secret),
-			"hex":          hex.EncodeToString(secret),
-			"HEX":          strings.ToUpper(hex.EncodeToString(secret)),
-			"base64":       base64.StdEncoding.EncodeToString(secret),
-			"base64 raw":   base64.RawStdEncoding.EncodeToString(secret),
-			"base64url":    base64.URLEncoding.EncodeToString(secret),
-			"base64rawurl": base64.RawURLEncoding.EncodeToString(secret),
-		} {
+		for encoding, text := range testutil.KeyEncodings(secret) {
 			if strings.Contains(logs, text) {
 				t.Errorf("%s appears in the log (%s)", name, encoding)
 			}

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 	"github.com/diskmapper/disk-mapper/internal/unlock"
 	"github.com/diskmapper/disk-mapper/recoverproto"
 )
@@ -236,7 +237,7 @@ func TestPushAfterSuccessIsRefused(t *testing.T) {
 func TestCancelWhileClientsMidStream(t *testing.T) {
 	verifyNoLeaks(t)
 	s := newSecrets(t)
-	hangKey := random(t, 32)
+	hangKey := testutil.RandomBytes(t, 32)
 	checker := &keyChecker{right: s.diskKey, hang: hangKey}
 	h := startServer(t, checker, func(c *Config) { c.HandshakeTimeout = time.Minute })
 	ctx := testContext(t)
@@ -274,7 +275,7 @@ func TestCancelWhileClientsMidStream(t *testing.T) {
 
 func TestListenerFailureEndsServe(t *testing.T) {
 	verifyNoLeaks(t)
-	h := startServer(t, &keyChecker{right: random(t, 32)})
+	h := startServer(t, &keyChecker{right: testutil.RandomBytes(t, 32)})
 	waitFor(t, "the server to log its start", func() bool { return len(h.logs.String()) > 0 })
 	h.listener.Close() // the listener fails under the server
 	err := h.waitServe(t)

@@ -23,6 +23,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/diskmapper/disk-mapper/internal/backoff"
 	"github.com/diskmapper/disk-mapper/internal/logging"
 	"github.com/diskmapper/disk-mapper/internal/unlock"
 	"go.uber.org/zap"
@@ -102,7 +103,7 @@ type Client struct {
 	log            *zap.Logger
 	attemptTimeout time.Duration
 	stagger        time.Duration
-	backoff        backoff
+	backoff        backoff.Exponential
 	rand           func() float64
 
 	// notBefore holds the retry hints endpoints sent with
@@ -132,12 +133,12 @@ func New(cfg Config) *Client {
 	if c.rand == nil {
 		c.rand = rand.Float64
 	}
-	c.backoff = backoff{
-		base: orDefault(cfg.BackoffBase, DefaultBackoffBase),
-		cap:  orDefault(cfg.BackoffCap, DefaultBackoffCap),
-		rand: c.rand,
+	c.backoff = backoff.Exponential{
+		Base: orDefault(cfg.BackoffBase, DefaultBackoffBase),
+		Cap:  orDefault(cfg.BackoffCap, DefaultBackoffCap),
+		Rand: c.rand,
 	}
-	c.backoff.cap = max(c.backoff.cap, c.backoff.base)
+	c.backoff.Cap = max(c.backoff.Cap, c.backoff.Base)
 	return c
 }
 
@@ -187,7 +188,7 @@ func (c *Client) Serve(ctx context.Context, check unlock.Check) (err error) {
 				// Every endpoint asked us to wait: wait for the earliest
 				// hint, which is not a failure of ours, so no backoff
 				// and no jitter on top (the service reserved that time).
-				if err := sleep(ctx, c.earliestHint()); err != nil {
+				if err := backoff.Sleep(ctx, c.earliestHint()); err != nil {
 					return err
 				}
 				continue
@@ -199,7 +200,7 @@ func (c *Client) Serve(ctx context.Context, check unlock.Check) (err error) {
 			return err
 		}
 		failedRounds++
-		if err := sleep(ctx, c.backoff.delay(failedRounds)); err != nil {
+		if err := backoff.Sleep(ctx, c.backoff.FullJitter(failedRounds)); err != nil {
 			return err
 		}
 	}
@@ -241,19 +242,4 @@ func (c *Client) discover(ctx context.Context) ([]string, error) {
 	}
 	c.log.Info("Received list with JoinService endpoints", logging.Event("join_endpoints_received"), zap.Strings("endpoints", unique))
 	return unique, nil
-}
-
-// sleep waits for d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -3,8 +3,6 @@ package rejoinclient
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"slices"
 	"strings"
@@ -13,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 	"github.com/diskmapper/disk-mapper/internal/unlock"
 	join "github.com/diskmapper/disk-mapper/joinproto"
 	"go.uber.org/goleak"
@@ -141,7 +140,7 @@ func assertNoKeyInLogs(t *testing.T, logs *logSink, keys ...ticket) {
 	out := logs.String()
 	for _, k := range keys {
 		for _, b := range [][]byte{k.diskKey, k.secret, k.salt} {
-			for _, enc := range []string{base64.StdEncoding.EncodeToString(b), base64.RawURLEncoding.EncodeToString(b), hex.EncodeToString(b), string(b)} {
+			for _, enc := range testutil.KeyEncodings(b) {
 				if strings.Contains(out, enc) {
 					t.Fatalf("key material in logs")
 				}

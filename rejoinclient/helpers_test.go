@@ -3,24 +3,15 @@ package rejoinclient
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/json"
 	"io"
-	"math/big"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/diskmapper/disk-mapper/internal/constants"
 	"github.com/diskmapper/disk-mapper/internal/logging"
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 	join "github.com/diskmapper/disk-mapper/joinproto"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -29,41 +20,11 @@ import (
 )
 
 // newTLSPair returns server and client credentials around a fresh
-// self-signed ECDSA certificate for 127.0.0.1, so that tests and benchmarks
-// run the real TLS handshake.
+// self-signed certificate for 127.0.0.1, so that tests and benchmarks run
+// the real TLS handshake.
 func newTLSPair(tb testing.TB) (server, client credentials.TransportCredentials) {
 	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "joinservice-test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	server = credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
-		MinVersion:   tls.VersionTLS13,
-	})
-	client = credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13})
-	return server, client
+	return testutil.SelfSignedTLS(tb, "joinservice-test")
 }
 
 // handler is a test JoinService's behaviour for one call (n counts from 1).
@@ -110,13 +71,7 @@ type ticket struct{ diskKey, secret, salt []byte }
 
 func newTicket(tb testing.TB) ticket {
 	tb.Helper()
-	t := ticket{make([]byte, 32), make([]byte, 32), make([]byte, 32)}
-	for _, b := range [][]byte{t.diskKey, t.secret, t.salt} {
-		if _, err := rand.Read(b); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	return t
+	return ticket{testutil.RandomBytes(tb, 32), testutil.RandomBytes(tb, 32), testutil.RandomBytes(tb, 32)}
 }
 
 func (t ticket) response() *join.IssueRejoinTicketResponse {
@@ -184,40 +139,12 @@ func closedPort(tb testing.TB) string {
 }
 
 // logSink collects the JSON log lines of the real logging contract.
-type logSink struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *logSink) Sync() error { return nil }
-
-func (s *logSink) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
+type logSink struct{ testutil.LogBuffer }
 
 // entries parses every line; a line that is not JSON fails the test.
 func (s *logSink) entries(tb testing.TB) []map[string]any {
 	tb.Helper()
-	var out []map[string]any
-	for _, line := range strings.Split(strings.TrimSpace(s.String()), "\n") {
-		if line == "" {
-			continue
-		}
-		var m map[string]any
-		if err := json.Unmarshal([]byte(line), &m); err != nil {
-			tb.Fatalf("log line is not JSON: %q: %v", line, err)
-		}
-		out = append(out, m)
-	}
-	return out
+	return testutil.ParseLogLines(tb, s.String())
 }
 
 // withMsg returns the entries whose msg is msg.

@@ -14,16 +14,7 @@ func TestDevIssuerValidatorWarnOnEveryUse(t *testing.T) {
 	core, logs := observer.New(zap.WarnLevel)
 	log := zap.New(core)
 	iss, v := attestation.NewDevIssuer(log), attestation.NewDevValidator(log)
-	for i := 0; i < 3; i++ {
-		b := randomBinding(t)
-		doc, err := iss.Issue(context.Background(), b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := v.Validate(context.Background(), doc, b); err != nil {
-			t.Fatalf("Validate: %v", err)
-		}
-	}
+	issueAndValidate(t, iss, v, 3)
 	if n := logs.FilterField(zap.String("event", "attestation_dev_issue")).Len(); n != 3 {
 		t.Errorf("dev issuer warned %d times for 3 uses", n)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/diskmapper/disk-mapper/internal/attestation"
 	"github.com/diskmapper/disk-mapper/internal/attestation/attestationtest"
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 )
 
 func provision(t *testing.T, tpm *attestationtest.SwTPM, ca *x509.Certificate, key *ecdsa.PrivateKey) []byte {
@@ -39,13 +40,13 @@ func TestAKCertificateFromNV(t *testing.T) {
 	der := provision(t, tpm, ca, caKey)
 	// Provisioning twice replaces the certificate.
 	der = provision(t, tpm, ca, caKey)
-	akBefore := akOf(t, tpm)
+	akBefore := testutil.AKPublicKey(t, tpm)
 
 	// Reboot: the AK is a primary derived from the endorsement seed and
 	// the certificate is in NV, so both survive while PCRs reset.
 	tpm.Stop()
 	tpm = attestationtest.StartSwTPM(t, stateDir)
-	if !akOf(t, tpm).Equal(akBefore) {
+	if !testutil.AKPublicKey(t, tpm).Equal(akBefore) {
 		t.Fatal("AK changed across a reboot; its NV certificate would no longer match")
 	}
 

@@ -22,6 +22,7 @@ import (
 	"github.com/diskmapper/disk-mapper/internal/attestation"
 	"github.com/diskmapper/disk-mapper/internal/attestation/attestationtest"
 	"github.com/diskmapper/disk-mapper/internal/constants"
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 )
 
 func randomBinding(t *testing.T) []byte {
@@ -33,18 +34,19 @@ func randomBinding(t *testing.T) []byte {
 	return b
 }
 
-func akOf(t *testing.T, tpm *attestationtest.SwTPM) *ecdsa.PublicKey {
+// issueAndValidate has iss attest n fresh bindings and v accept every one.
+func issueAndValidate(t *testing.T, iss attestation.Issuer, v attestation.Validator, n int) {
 	t.Helper()
-	tc, err := tpm.Open()
-	if err != nil {
-		t.Fatal(err)
+	for i := 0; i < n; i++ {
+		b := randomBinding(t)
+		doc, err := iss.Issue(context.Background(), b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Validate(context.Background(), doc, b); err != nil {
+			t.Fatalf("Validate: %v", err)
+		}
 	}
-	defer tc.Close()
-	ak, err := attestation.AKPublicKey(tc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ak
 }
 
 func newIssuer(t *testing.T, tpm *attestationtest.SwTPM) attestation.Issuer {
@@ -99,7 +101,7 @@ func TestIssueValidatePinnedAK(t *testing.T) {
 	pcr11 := extend(t, tpm, constants.PCRImage, "disk-mapper binary")
 	iss := newIssuer(t, tpm)
 	v := newValidator(t, attestation.ValidatorConfig{
-		PinnedAKs:    []crypto.PublicKey{akOf(t, tpm)},
+		PinnedAKs:    []crypto.PublicKey{testutil.AKPublicKey(t, tpm)},
 		Measurements: attestation.Measurements{constants.PCRImage: pcr11, constants.PCRClusterID: make([]byte, 32)},
 	})
 	binding := randomBinding(t)
@@ -144,7 +146,7 @@ func TestIssueValidatePinnedAK(t *testing.T) {
 	t.Run("PCR mismatch", func(t *testing.T) {
 		want := bytes.Repeat([]byte{0xab}, 32)
 		v := newValidator(t, attestation.ValidatorConfig{
-			PinnedAKs:    []crypto.PublicKey{akOf(t, tpm)},
+			PinnedAKs:    []crypto.PublicKey{testutil.AKPublicKey(t, tpm)},
 			Measurements: attestation.Measurements{constants.PCRImage: want},
 		})
 		wantRejected(t, v.Validate(context.Background(), doc, binding), "PCR 11 mismatch")
@@ -159,7 +161,7 @@ func TestIssueValidatePinnedAK(t *testing.T) {
 func TestValidateRejectsMarkedNode(t *testing.T) {
 	tpm := attestationtest.StartSwTPM(t, "")
 	iss := newIssuer(t, tpm)
-	v := newValidator(t, attestation.ValidatorConfig{PinnedAKs: []crypto.PublicKey{akOf(t, tpm)}})
+	v := newValidator(t, attestation.ValidatorConfig{PinnedAKs: []crypto.PublicKey{testutil.AKPublicKey(t, tpm)}})
 	if err := attestation.NewMarker(tpm.Open).MarkNodeAsBootstrapped(bytes.Repeat([]byte{7}, 32)); err != nil {
 		t.Fatal(err)
 	}
@@ -176,16 +178,7 @@ func TestTrustAnyAKWarnsOnEveryUse(t *testing.T) {
 	core, logs := observer.New(zap.WarnLevel)
 	v := newValidator(t, attestation.ValidatorConfig{TrustAnyAK: true, Log: zap.New(core)})
 	iss := newIssuer(t, tpm)
-	for i := 0; i < 3; i++ {
-		b := randomBinding(t)
-		doc, err := iss.Issue(context.Background(), b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := v.Validate(context.Background(), doc, b); err != nil {
-			t.Fatalf("Validate: %v", err)
-		}
-	}
+	issueAndValidate(t, iss, v, 3)
 	// One warning at construction plus one per validation.
 	if got := logs.FilterField(zap.String("event", "attestation_trust_any_ak")).Len(); got != 4 {
 		t.Errorf("got %d trust-any-AK warnings, want 4", got)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/diskmapper/disk-mapper/diskencryption"
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 	"github.com/diskmapper/disk-mapper/setup"
 )
 
@@ -152,14 +153,14 @@ func TestDiskPrimaryHeaderCorrupted(t *testing.T) {
 
 func TestDiskSecondaryHeaderCorrupted(t *testing.T) {
 	d := newOurDisk(t, diskencryption.StateInitialized, anyKey(t))
-	corruptHeaderCopy(t, d.path, luksHeaderSize(t, d.path))
+	corruptHeaderCopy(t, d.path, testutil.LUKS2HeaderSize(t, d.path))
 	expectUnlocked(t, "secondary LUKS2 header corrupted, primary intact", d, nil, nil)
 }
 
 func TestDiskBothHeadersCorrupted(t *testing.T) {
 	d := newOurDisk(t, diskencryption.StateInitialized, anyKey(t))
 	corruptHeaderCopy(t, d.path, 0)
-	corruptHeaderCopy(t, d.path, luksHeaderSize(t, d.path))
+	corruptHeaderCopy(t, d.path, testutil.LUKS2HeaderSize(t, d.path))
 	expectRefused(t, "both LUKS2 headers corrupted", d.path)
 }
 
@@ -192,7 +193,7 @@ func TestDiskWeakenedHeader(t *testing.T) {
 	for name, edit := range cases {
 		t.Run(strings.ReplaceAll(name, " ", "_"), func(t *testing.T) {
 			d := newOurDisk(t, diskencryption.StateInitialized, anyKey(t))
-			rewriteHeaderJSON(t, d.path, edit)
+			testutil.RewriteLUKS2HeaderJSON(t, d.path, edit)
 			expectRefused(t, "weakened header: "+name, d.path)
 		})
 	}
@@ -206,12 +207,12 @@ func TestDiskForeign(t *testing.T) {
 		"LUKS2 not ours (cryptsetup)": func(t *testing.T) string { return makeCLILUKS2(t, randomKey(t)) },
 		"random bytes at 1 MiB - 1": func(t *testing.T) string {
 			p := newBlankFile(t, diskSize)
-			writeAt(t, p, mib-1, []byte{0x01})
+			testutil.WriteAt(t, p, mib-1, []byte{0x01})
 			return p
 		},
 		"data only in the last MiB": func(t *testing.T) string {
 			p := newBlankFile(t, diskSize)
-			writeAt(t, p, diskSize-mib+100, randomBytes(t, 64))
+			testutil.WriteAt(t, p, diskSize-mib+100, testutil.RandomBytes(t, 64))
 			return p
 		},
 	}
@@ -300,7 +301,7 @@ func TestDataLossIsMeasured(t *testing.T) {
 		t.Fatal(err)
 	}
 	re.Close()
-	writeAt(t, d.path, headerRegion, make([]byte, 4096)) // what mkfs would do
+	testutil.WriteAt(t, d.path, headerRegion, make([]byte, 4096)) // what mkfs would do
 	if lost := changedBytes(before, readAll(t, d.path), headerRegion); lost == 0 {
 		t.Fatal("overwriting the data area of an initialized disk was not counted as data lost")
 	}

@@ -1,19 +1,15 @@
 package faults
 
 import (
-	"bytes"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/json"
-	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
 	"testing"
 
 	"github.com/diskmapper/disk-mapper/diskencryption"
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 )
 
 const (
@@ -28,16 +24,7 @@ const (
 // newBlankFile creates a sparse zero file of size bytes.
 func newBlankFile(t testing.TB, size int64) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "state.img")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return testutil.SparseFile(t, "state.img", size)
 }
 
 // ourDisk is a state disk formatted by the real diskencryption.Format, with
@@ -71,31 +58,10 @@ func newOurDisk(t testing.TB, state diskencryption.State, keyFor func(uuid strin
 		// Stand-in for the file system: ciphertext-like random bytes in the
 		// first, a middle and the last MiB of the data area.
 		for _, off := range []int64{headerRegion, diskSize / 2, diskSize - mib} {
-			writeAt(t, path, off, randomBytes(t, mib))
+			testutil.WriteAt(t, path, off, testutil.RandomBytes(t, mib))
 		}
 	}
 	return ourDisk{path: path, uuid: d.UUID(), key: key}
-}
-
-func randomBytes(t testing.TB, n int) []byte {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-func writeAt(t testing.TB, path string, off int64, data []byte) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteAt(data, off); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func readAll(t testing.TB, path string) []byte {
@@ -123,64 +89,11 @@ func sum(b []byte) [32]byte { return sha256.Sum256(b) }
 
 // --- fault injectors -------------------------------------------------------
 
-// luksHeaderSize reads hdr_size from the primary binary header.
-func luksHeaderSize(t testing.TB, path string) int64 {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	bin := make([]byte, 16)
-	if _, err := io.ReadFull(f, bin); err != nil {
-		t.Fatal(err)
-	}
-	return int64(binary.BigEndian.Uint64(bin[8:16]))
-}
-
 // corruptHeaderCopy overwrites the JSON area of the header copy at off with
 // garbage (its checksum no longer matches), as a torn write or bit rot would.
 func corruptHeaderCopy(t testing.TB, path string, off int64) {
 	t.Helper()
-	writeAt(t, path, off+4096, randomBytes(t, 512))
-}
-
-// rewriteHeaderJSON edits the JSON area of both header copies and
-// recomputes their checksums, as an attacker with write access would (the
-// LUKS2 JSON area is not authenticated).
-func rewriteHeaderJSON(t testing.TB, path string, edit func(map[string]any)) {
-	t.Helper()
-	hdrSize := luksHeaderSize(t, path)
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	for _, off := range []int64{0, hdrSize} {
-		hdr := make([]byte, hdrSize)
-		if _, err := f.ReadAt(hdr, off); err != nil {
-			t.Fatal(err)
-		}
-		jsonArea := hdr[4096:]
-		var m map[string]any
-		if err := json.Unmarshal(bytes.TrimRight(jsonArea, "\x00"), &m); err != nil {
-			t.Fatalf("header copy at %d: %v", off, err)
-		}
-		edit(m)
-		edited, err := json.Marshal(m)
-		if err != nil || len(edited) >= len(jsonArea) {
-			t.Fatalf("edited JSON: %v (%d bytes)", err, len(edited))
-		}
-		clear(jsonArea)
-		copy(jsonArea, edited)
-		const csumOff, csumLen = 448, 64
-		clear(hdr[csumOff : csumOff+csumLen])
-		s := sha256.Sum256(hdr)
-		copy(hdr[csumOff:], s[:])
-		if _, err := f.WriteAt(hdr, off); err != nil {
-			t.Fatal(err)
-		}
-	}
+	testutil.WriteAt(t, path, off+4096, testutil.RandomBytes(t, 512))
 }
 
 // section returns entry id of a header section, or its first entry for id "".
@@ -227,13 +140,13 @@ func makeGPT(t testing.TB) string {
 	binary.LittleEndian.PutUint32(mbr[446+8:], 1)
 	binary.LittleEndian.PutUint32(mbr[446+12:], uint32(diskSize/512-1))
 	mbr[510], mbr[511] = 0x55, 0xAA
-	writeAt(t, path, 0, mbr)
+	testutil.WriteAt(t, path, 0, mbr)
 	hdr := make([]byte, 92)
 	copy(hdr, "EFI PART")
 	binary.LittleEndian.PutUint32(hdr[8:], 0x00010000)
 	binary.LittleEndian.PutUint32(hdr[12:], 92)
-	writeAt(t, path, 512, hdr)
-	writeAt(t, path, diskSize-512, hdr)
+	testutil.WriteAt(t, path, 512, hdr)
+	testutil.WriteAt(t, path, diskSize-512, hdr)
 	return path
 }
 
@@ -246,7 +159,7 @@ func makeMBR(t testing.TB) string {
 	binary.LittleEndian.PutUint32(mbr[446+8:], 2048)
 	binary.LittleEndian.PutUint32(mbr[446+12:], uint32(diskSize/512-2048))
 	mbr[510], mbr[511] = 0x55, 0xAA
-	writeAt(t, path, 0, mbr)
+	testutil.WriteAt(t, path, 0, mbr)
 	return path
 }
 
@@ -254,16 +167,7 @@ func makeMBR(t testing.TB) string {
 // disk that is not ours (no state token).
 func makeCLILUKS2(t testing.TB, passphrase []byte) string {
 	t.Helper()
-	bin, err := exec.LookPath("cryptsetup")
-	if err != nil {
-		t.Skip("cryptsetup CLI not installed")
-	}
 	path := newBlankFile(t, diskSize)
-	cmd := exec.Command(bin, "luksFormat", "-q", "--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
-		"--sector-size", "4096", "--key-file", "-", path)
-	cmd.Stdin = bytes.NewReader(passphrase)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("cryptsetup luksFormat: %v\n%s", err, out)
-	}
+	testutil.CLIFormatLUKS2(t, path, passphrase)
 	return path
 }

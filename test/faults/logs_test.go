@@ -16,28 +16,14 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/diskmapper/disk-mapper/internal/logging"
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 )
 
 // logSink is one component's log; every sink of the suite is kept so that
 // TestMain can scan all of them for key material.
 type logSink struct {
 	name string
-	mu   sync.Mutex
-	buf  bytes.Buffer
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *logSink) Sync() error { return nil }
-
-func (s *logSink) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
+	testutil.LogBuffer
 }
 
 // count is how many lines contain every one of parts.
@@ -99,20 +85,13 @@ func randomKey(_ testing.TB) []byte {
 	return usedKey(k)
 }
 
-// encodings are the forms a key could leak in.
+// encodings are the forms a key could leak in: the common ones plus Go's
+// quoting and zap's JSON escaping of the raw bytes in a string field.
 func encodings(k []byte) map[string]string {
-	return map[string]string{
-		"raw":           string(k),
-		"hex":           hex.EncodeToString(k),
-		"HEX":           strings.ToUpper(hex.EncodeToString(k)),
-		"base64":        base64.StdEncoding.EncodeToString(k),
-		"base64-raw":    base64.RawStdEncoding.EncodeToString(k),
-		"base64url":     base64.URLEncoding.EncodeToString(k),
-		"base64url-raw": base64.RawURLEncoding.EncodeToString(k),
-		"go-quoted":     strings.Trim(fmt.Sprintf("%q", k), `"`),
-		// the raw bytes as zap's JSON encoder escapes them in a string field
-		"zap-json": zapJSONForm(k),
-	}
+	forms := testutil.KeyEncodings(k)
+	forms["go-quoted"] = strings.Trim(fmt.Sprintf("%q", k), `"`)
+	forms["zap-json"] = zapJSONForm(k)
+	return forms
 }
 
 // zapJSONForm is how the log contract's encoder writes k as a string value.

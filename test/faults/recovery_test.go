@@ -21,6 +21,7 @@ import (
 	"github.com/diskmapper/disk-mapper/internal/attestation/atls"
 	"github.com/diskmapper/disk-mapper/internal/attestation/attestationtest"
 	"github.com/diskmapper/disk-mapper/internal/constants"
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 	"github.com/diskmapper/disk-mapper/internal/unlock"
 	"github.com/diskmapper/disk-mapper/recoverproto"
 	"github.com/diskmapper/disk-mapper/recoveryserver"
@@ -153,16 +154,7 @@ func TestRecoveryNoATLS(t *testing.T) {
 // other TPM's quote passes it.
 func mustPinnedValidator(t *testing.T) attestation.Validator {
 	t.Helper()
-	tpm := attestationtest.StartSwTPM(t, "")
-	tc, err := tpm.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tc.Close()
-	ak, err := attestation.AKPublicKey(tc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ak := testutil.AKPublicKey(t, attestationtest.StartSwTPM(t, ""))
 	v, err := attestation.NewTPMValidator(attestation.ValidatorConfig{PinnedAKs: []crypto.PublicKey{ak}})
 	if err != nil {
 		t.Fatal(err)
@@ -319,15 +311,7 @@ func TestRecoveryTPMIssuer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc, err := tpm.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ak, err := attestation.AKPublicKey(tc)
-	tc.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ak := testutil.AKPublicKey(t, tpm)
 	validator, err := attestation.NewTPMValidator(attestation.ValidatorConfig{PinnedAKs: []crypto.PublicKey{ak}, Log: log})
 	if err != nil {
 		t.Fatal(err)
@@ -366,7 +350,7 @@ func TestRecoveryThousandRawConnections(t *testing.T) {
 	})
 	before := readAll(t, n.disk.path)
 	base := heapInUse()
-	garbage := randomBytes(t, 4096)
+	garbage := testutil.RandomBytes(t, 4096)
 	var conns []net.Conn
 	var dialFailed int
 	for i := 0; i < flood; i++ {

@@ -28,6 +28,7 @@ import (
 	"github.com/diskmapper/disk-mapper/internal/attestation"
 	"github.com/diskmapper/disk-mapper/internal/attestation/atls"
 	"github.com/diskmapper/disk-mapper/internal/constants"
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 	"github.com/diskmapper/disk-mapper/internal/unlock"
 	join "github.com/diskmapper/disk-mapper/joinproto"
 	"github.com/diskmapper/disk-mapper/rejoinclient"
@@ -274,7 +275,7 @@ func TestRejoinFaults(t *testing.T) {
 			})
 		}},
 		{"garbage bytes instead of TLS", "tls_handshake", func(t *testing.T) string {
-			junk := randomBytes(t, 1024)
+			junk := testutil.RandomBytes(t, 1024)
 			return rawServer(t, func(c net.Conn) { c.Write(junk); c.Close() })
 		}},
 		{"certificate not from the cluster CA", "tls_handshake", func(t *testing.T) string {

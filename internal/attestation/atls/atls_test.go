@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
@@ -73,7 +74,14 @@ func TestServerRejectionReachesClient(t *testing.T) {
 	err := checkHealth(t, addr, NewCredentials(Config{Issuer: n.issuer}))
 	wantErr(t, err, "peer rejected our attestation")
 	wantErr(t, err, "AK is not trusted")
-	if logs.FilterField(zap.String("event", "atls_handshake_failed")).Len() == 0 {
+	// The server logs after it has sent its rejection, so the client can see
+	// the error first; hangGuard only keeps a broken build from hanging.
+	const hangGuard = 10 * time.Second
+	logged := func() bool { return logs.FilterField(zap.String("event", "atls_handshake_failed")).Len() > 0 }
+	for deadline := time.Now().Add(hangGuard); !logged() && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	if !logged() {
 		t.Error("server did not log the failed handshake")
 	}
 }

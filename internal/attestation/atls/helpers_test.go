@@ -23,6 +23,7 @@ import (
 
 	"github.com/diskmapper/disk-mapper/internal/attestation"
 	"github.com/diskmapper/disk-mapper/internal/attestation/attestationtest"
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 )
 
 // serveHealth runs a real gRPC server with the health service on
@@ -69,16 +70,7 @@ func newNode(t testing.TB) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc, err := tpm.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tc.Close()
-	ak, err := attestation.AKPublicKey(tc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &node{tpm: tpm, issuer: iss, ak: ak}
+	return &node{tpm: tpm, issuer: iss, ak: testutil.AKPublicKey(t, tpm)}
 }
 
 func pinnedValidator(t testing.TB, m attestation.Measurements, aks ...crypto.PublicKey) attestation.Validator {
