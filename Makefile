@@ -42,8 +42,10 @@ proto-check: proto
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); test -z "$$out" || { echo "gofmt needed: $$out"; exit 1; }
 	$(GO) vet ./...
+	$(GO) vet -tags vmtest ./test/...
 
 unit:
+	@rm -f build/faults/report.txt
 	$(GO) test -race -count=1 ./...
 	@cat build/faults/report.txt
 
@@ -53,8 +55,9 @@ demo: deps image
 
 # The QEMU + swtpm integration suite (TCG; boots one VM at a time).
 vmtest: deps image
+	@rm -f build/integration/*.txt
 	$(GO) test -tags vmtest -count=1 -timeout 40m -p 1 ./test/...
-	@cat build/integration/timings.txt
+	@cd build/integration && cat timings.txt crash-matrix.txt wipe-throughput.txt key-hygiene.txt
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
