@@ -31,6 +31,11 @@ type Config struct {
 	MountPoint, NodeStateFile string
 	// KeyHandoverFile, if set, receives the disk key for systemd-cryptsetup.
 	KeyHandoverFile string
+	// BlankDiskRefusal, if set, says why this node must not enrol a new
+	// disk (e.g. nothing to authenticate the key's sender with): a blank or
+	// never-initialized disk is then left untouched and the node waits for
+	// an operator, saying why.
+	BlankDiskRefusal string
 	// ReminderInterval is how often a node that waits (for a disk, for an
 	// operator) repeats on the console what it waits for.
 	ReminderInterval time.Duration
@@ -89,7 +94,11 @@ func (m *Manager) Run(ctx context.Context) (Summary, error) {
 	m.warnIfMarked()
 
 	var sum Summary
+	blankOrInterrupted := probe.Kind == diskencryption.KindBlank || (probe.Kind == diskencryption.KindLUKS2 &&
+		(probe.State == diskencryption.StateFormatting || probe.State == diskencryption.StateKeyed))
 	switch {
+	case blankOrInterrupted && m.cfg.BlankDiskRefusal != "":
+		err = m.waitRefused(ctx, probe.UUID, "not enrolling a new disk: "+m.cfg.BlankDiskRefusal)
 	case probe.Kind == diskencryption.KindBlank:
 		sum, err = m.prepareNew(ctx, "blank disk")
 	case probe.Kind == diskencryption.KindLUKS2 && probe.State == diskencryption.StateInitialized:

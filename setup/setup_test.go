@@ -309,3 +309,25 @@ func TestKeyHandoverOnlyWhenConfigured(t *testing.T) {
 		}
 	}
 }
+
+// A node that cannot authenticate a key for a new disk never formats one.
+func TestBlankDiskRefusedWhenNewDisksAreNotAllowed(t *testing.T) {
+	disks := &fakeDisks{probe: diskencryption.Probe{Kind: diskencryption.KindBlank}}
+	ctx, cancel := context.WithCancel(context.Background())
+	var answer error
+	l := newLifecycle(t, disks, func(string, DiskMode) []KeySource {
+		return []KeySource{sourceFunc{name: "RecoveryServer", serve: func(c context.Context, check unlock.Check) error {
+			answer = check(c, cloneKey(rightKey))
+			cancel()
+			<-c.Done()
+			return c.Err()
+		}}}
+	})
+	l.mgr.cfg.BlankDiskRefusal = "no --join-ca"
+	if _, err := l.mgr.Run(ctx); !errors.Is(err, ErrRefused) {
+		t.Fatalf("err = %v, want ErrRefused", err)
+	}
+	if disks.formatted != 0 || len(l.modes) != 1 || l.modes[0] != ModeRefused || !errors.Is(answer, unlock.ErrMalformed) {
+		t.Fatalf("formatted %d, modes %v, push answered %v", disks.formatted, l.modes, answer)
+	}
+}

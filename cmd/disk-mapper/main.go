@@ -61,6 +61,7 @@ func run() int {
 	cfg.StateDisk = flags.stateDisk
 	cfg.Integrity = flags.integrity
 	cfg.KeyHandoverFile = flags.keyHandoverFile
+	cfg.BlankDiskRefusal = node.blankDiskRefusal
 	mgr := setup.New(cfg, log.Named(constants.LoggerSetup), setup.LUKSBackend(), setup.SystemMounter{},
 		afero.NewOsFs(), node.marker, node.sources)
 	if _, err := mgr.Run(ctx); err != nil {

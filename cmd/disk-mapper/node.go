@@ -23,6 +23,8 @@ import (
 type node struct {
 	marker  setup.PCRMarker
 	sources setup.SourceFactory
+	// blankDiskRefusal is why this node must not enrol a new disk ("" = it may).
+	blankDiskRefusal string
 }
 
 func (n *node) close() {}
@@ -90,7 +92,11 @@ func newNode(o options, log *zap.Logger) (*node, error) {
 		}
 		return out, nil
 	}
-	return &node{marker: newMarker(o, openTPM, log), sources: sources}, nil
+	n := &node{marker: newMarker(o, openTPM, log), sources: sources}
+	if joinCA == nil && o.attestation != attestationDev {
+		n.blankDiskRefusal = "no --join-ca to authenticate the key service and operators with"
+	}
+	return n, nil
 }
 
 // rootsFor: on a blank disk the operator must present a certificate from the
