@@ -4,74 +4,19 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
-	"strings"
-	"sync"
 	"testing"
-	"text/tabwriter"
+
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 )
 
-// outcome is one row of the fault matrix. DataLost is computed by the case
-// (bytes of protected disk content that changed), never written as a literal.
-type outcome struct {
-	Case     string
-	Expected string
-	Got      string
-	Survived bool
-	DataLost int64
-}
+type outcome = testutil.Outcome
 
-var matrix struct {
-	mu   sync.Mutex
-	rows []outcome
-}
+// matrix is the host fault matrix the suite prints.
+var matrix = &testutil.Matrix{Name: "fault matrix", Kind: "fault case", GotWidth: 110}
 
-// record adds a row and fails the test if the case did not survive or lost
-// data, so the table and the test verdict never disagree.
 func record(t *testing.T, o outcome) {
 	t.Helper()
-	matrix.mu.Lock()
-	matrix.rows = append(matrix.rows, o)
-	matrix.mu.Unlock()
-	t.Logf("fault case %q: expected %q, got %q, survived %v, data lost %d bytes", o.Case, o.Expected, o.Got, o.Survived, o.DataLost)
-	if !o.Survived {
-		t.Errorf("fault case %q did not survive: expected %s, got %s", o.Case, o.Expected, o.Got)
-	}
-	if o.DataLost != 0 {
-		t.Errorf("fault case %q lost %d bytes of data", o.Case, o.DataLost)
-	}
-}
-
-// printMatrix writes the table and its totals; it returns whether every case
-// survived without data loss.
-func printMatrix(w io.Writer) bool {
-	matrix.mu.Lock()
-	rows := append([]outcome(nil), matrix.rows...)
-	matrix.mu.Unlock()
-	sort.SliceStable(rows, func(i, j int) bool { return rows[i].Case < rows[j].Case })
-
-	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
-	fmt.Fprintln(tw, "case\t| expected\t| got\t| survived\t| data lost")
-	fmt.Fprintln(tw, "----\t| --------\t| ---\t| --------\t| ---------")
-	survived, lost := 0, int64(0)
-	for _, r := range rows {
-		if r.Survived {
-			survived++
-		}
-		lost += r.DataLost
-		fmt.Fprintf(tw, "%s\t| %s\t| %s\t| %v\t| %d\n", r.Case, r.Expected, oneLine(r.Got), r.Survived, r.DataLost)
-	}
-	tw.Flush()
-	fmt.Fprintf(w, "fault matrix: cases tried %d, cases survived %d, data lost %d bytes\n", len(rows), survived, lost)
-	return survived == len(rows) && lost == 0
-}
-
-func oneLine(s string) string {
-	s = strings.ReplaceAll(s, "\n", " ")
-	if len(s) > 110 {
-		s = s[:110] + "…"
-	}
-	return s
+	matrix.Record(t, o)
 }
 
 func TestMain(m *testing.M) {
@@ -95,7 +40,7 @@ func report() bool {
 			out = io.MultiWriter(os.Stdout, f)
 		}
 	}
-	ok := printMatrix(out)
+	ok := matrix.Print(out)
 	hits := scanLogsForKeys(out)
 	return ok && hits == 0
 }

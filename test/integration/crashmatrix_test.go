@@ -10,76 +10,35 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
-	"sync"
 	"testing"
-	"text/tabwriter"
 
 	"github.com/diskmapper/disk-mapper/diskencryption"
 	"github.com/diskmapper/disk-mapper/internal/constants"
+	"github.com/diskmapper/disk-mapper/internal/testutil"
 	"github.com/diskmapper/disk-mapper/test/vmtest"
 )
 
-// crashOutcome is one row of the VM crash matrix, in the format of the host
-// fault matrix (test/faults/matrix_test.go). DataLost is computed from what
-// the guest read back (bytes of synced content that changed or vanished),
-// never written as a literal.
-type crashOutcome struct {
-	Case     string
-	Expected string
-	Got      string
-	Survived bool
-	DataLost int64
-}
+type crashOutcome = testutil.Outcome
 
-var crashMatrix struct {
-	mu   sync.Mutex
-	rows []crashOutcome
-}
+// crashMatrix is the VM crash matrix, in the format of the host fault matrix
+// (test/faults). DataLost is computed from what the guest read back (bytes of
+// synced content that changed or vanished).
+var crashMatrix = &testutil.Matrix{Name: "crash matrix", Kind: "crash case", GotWidth: 200}
 
-// recordCrash adds a row and fails the test if the case did not survive or
-// lost data, so the table and the test verdict never disagree.
 func recordCrash(t *testing.T, o crashOutcome) {
 	t.Helper()
-	crashMatrix.mu.Lock()
-	crashMatrix.rows = append(crashMatrix.rows, o)
-	crashMatrix.mu.Unlock()
-	t.Logf("crash case %q: expected %q, got %q, survived %v, data lost %d bytes", o.Case, o.Expected, o.Got, o.Survived, o.DataLost)
-	if !o.Survived {
-		t.Errorf("crash case %q did not survive: expected %s, got %s", o.Case, o.Expected, o.Got)
-	}
-	if o.DataLost != 0 {
-		t.Errorf("crash case %q lost %d bytes of synced data", o.Case, o.DataLost)
-	}
+	crashMatrix.Record(t, o)
 }
 
 // printCrashMatrix prints the table (if any case ran) and writes it to
 // build/integration/crash-matrix.txt.
 func printCrashMatrix(stdout io.Writer) {
-	crashMatrix.mu.Lock()
-	rows := append([]crashOutcome(nil), crashMatrix.rows...)
-	crashMatrix.mu.Unlock()
-	if len(rows) == 0 {
+	if crashMatrix.Len() == 0 {
 		return
 	}
-	sort.SliceStable(rows, func(i, j int) bool { return rows[i].Case < rows[j].Case })
-
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "\n== VM crash matrix (SIGKILL of QEMU = power loss; TCG) ==\n")
-	tw := tabwriter.NewWriter(&b, 0, 0, 1, ' ', 0)
-	fmt.Fprintln(tw, "case\t| expected\t| got\t| survived\t| data lost")
-	fmt.Fprintln(tw, "----\t| --------\t| ---\t| --------\t| ---------")
-	survived, lost := 0, int64(0)
-	for _, r := range rows {
-		if r.Survived {
-			survived++
-		}
-		lost += r.DataLost
-		fmt.Fprintf(tw, "%s\t| %s\t| %s\t| %v\t| %d\n", r.Case, r.Expected, crashOneLine(r.Got), r.Survived, r.DataLost)
-	}
-	tw.Flush()
-	fmt.Fprintf(&b, "crash matrix: cases tried %d, cases survived %d, data lost %d bytes\n", len(rows), survived, lost)
+	crashMatrix.Print(&b)
 	fmt.Fprint(stdout, b.String())
 	if root, err := vmtest.RepoRoot(); err == nil {
 		dir := filepath.Join(root, "build", "integration")
@@ -87,14 +46,6 @@ func printCrashMatrix(stdout io.Writer) {
 			_ = os.WriteFile(filepath.Join(dir, "crash-matrix.txt"), b.Bytes(), 0o644)
 		}
 	}
-}
-
-func crashOneLine(s string) string {
-	s = strings.ReplaceAll(s, "\n", " ")
-	if len(s) > 200 {
-		s = s[:200] + "…"
-	}
-	return s
 }
 
 // lostBytes compares a file the guest read back (an init "file" line) with
