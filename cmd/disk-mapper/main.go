@@ -55,7 +55,6 @@ func run() int {
 		log.Error("Failed to configure disk-mapper", zap.Error(err))
 		return 1
 	}
-	defer node.close()
 
 	cfg := setup.DefaultConfig()
 	cfg.StateDisk = flags.stateDisk

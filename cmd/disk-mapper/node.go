@@ -27,8 +27,6 @@ type node struct {
 	blankDiskRefusal string
 }
 
-func (n *node) close() {}
-
 func newNode(o options, log *zap.Logger) (*node, error) {
 	openTPM := attestation.OpenPath(o.tpmDevice)
 	var issuer attestation.Issuer
@@ -63,8 +61,7 @@ func newNode(o options, log *zap.Logger) (*node, error) {
 		var out []setup.KeySource
 		// For a blank disk nothing can check a key, so every source must
 		// authenticate its sender against the configured CA.
-		authenticated := mode != setup.ModeBlank || joinCA != nil
-		if mode == setup.ModeBlank && !authenticated {
+		if mode == setup.ModeBlank && joinCA == nil {
 			if o.attestation != attestationDev {
 				return nil, errors.New("a blank disk needs --join-ca: without it a forged key could encrypt the node's data to an attacker")
 			}
