@@ -29,11 +29,8 @@ func (m *Manager) serveRefusal(ctx context.Context, uuid, reason, reminder strin
 	refuse := func(unlock.Key) error {
 		return fmt.Errorf("%w: %s", errRefusedPush, reason)
 	}
-	_, raceErr := Race(ctx, m.log, refuse, sources...)
-	if raceErr == nil {
-		return fmt.Errorf("%w: %s", ErrRefused, reason) // unreachable: refuse never accepts
-	}
-	if errors.Is(raceErr, ErrNoSource) {
+	// refuse never accepts, so Race only ends with ctx or its sources.
+	if _, raceErr := Race(ctx, m.log, refuse, sources...); errors.Is(raceErr, ErrNoSource) {
 		<-ctx.Done() // the listener died; keep saying why until stopped
 	}
 	return fmt.Errorf("%w: %s", ErrRefused, reason)
