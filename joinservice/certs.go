@@ -57,14 +57,7 @@ func GenerateTestCertificates(hosts []string, validity time.Duration) (TestCerti
 		return TestCertificates{}, err
 	}
 
-	leaf := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: "disk-mapper JoinService"},
-		NotBefore:    now.Add(-time.Minute),
-		NotAfter:     now.Add(validity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
+	leaf := leafTemplate("disk-mapper JoinService", x509.ExtKeyUsageServerAuth, now, validity)
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
 			leaf.IPAddresses = append(leaf.IPAddresses, ip)
@@ -76,14 +69,7 @@ func GenerateTestCertificates(hosts []string, validity time.Duration) (TestCerti
 	if err != nil {
 		return TestCertificates{}, fmt.Errorf("creating JoinService certificate: %w", err)
 	}
-	operator := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: "disk-mapper operator"},
-		NotBefore:    now.Add(-time.Minute),
-		NotAfter:     now.Add(validity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
+	operator := leafTemplate("disk-mapper operator", x509.ExtKeyUsageClientAuth, now, validity)
 	operatorCertPEM, operatorKeyPEM, err := issue(operator, ca, caKey)
 	if err != nil {
 		return TestCertificates{}, fmt.Errorf("creating operator certificate: %w", err)
@@ -95,6 +81,19 @@ func GenerateTestCertificates(hosts []string, validity time.Duration) (TestCerti
 		OperatorCertPEM: operatorCertPEM,
 		OperatorKeyPEM:  operatorKeyPEM,
 	}, nil
+}
+
+// leafTemplate is an end-entity certificate for one purpose (server or
+// client authentication), valid from a minute ago for validity.
+func leafTemplate(cn string, usage x509.ExtKeyUsage, now time.Time, validity time.Duration) *x509.Certificate {
+	return &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    now.Add(-time.Minute),
+		NotAfter:     now.Add(validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
+	}
 }
 
 // issue creates a fresh P-256 key and a certificate for it from template,
