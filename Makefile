@@ -40,6 +40,8 @@ proto-check: proto
 	@git diff --exit-code -- recoverproto joinproto || { echo "generated protobuf code is stale: run make proto and commit"; exit 1; }
 
 lint:
+	./scripts/check-pipes_test.sh
+	./scripts/check-pipes.sh
 	@out=$$(gofmt -l $$(git ls-files '*.go')); test -z "$$out" || { echo "gofmt needed: $$out"; exit 1; }
 	$(GO) vet ./...
 	$(GO) vet -tags vmtest ./test/...

@@ -51,8 +51,12 @@ fi
 # has_pvh_note FILE: true when FILE is an x86-64 ELF carrying the Xen
 # PHYS32_ENTRY note (type 0x12) that QEMU's -kernel uses for the PVH entry.
 has_pvh_note() {
-	readelf -h "$1" 2>/dev/null | grep -q 'Class:.*ELF64' &&
-		readelf -n "$1" 2>/dev/null | grep -Eq '^ *Xen .*(\(0x00000012\)|PHYS32_ENTRY)'
+	# Capture first, then match: grep -q exits at the first match, and under
+	# pipefail the writer's SIGPIPE would fail the pipeline.
+	local header notes
+	header=$(readelf -h "$1" 2>/dev/null) && notes=$(readelf -n "$1" 2>/dev/null) || return 1
+	grep -q 'Class:.*ELF64' <<<"$header" &&
+		grep -Eq '^ *Xen .*(\(0x00000012\)|PHYS32_ENTRY)' <<<"$notes"
 }
 
 vmlinux=$out/vmlinux

@@ -122,7 +122,9 @@ for b in bin/disk-mapper bin/dm-measure sbin/mke2fs; do
 		copy_lib "$lib"
 	done < <(ldd "$b" | awk '/=> \// { print $3 } /^\t\/.*ld-linux/ { print $1 }')
 done
-libgcc=$(ldconfig -p | awk '/libgcc_s.so.1 .*x86-64/ { print $NF; exit }')
+# awk reads to the end (no early exit): under pipefail an early exit would
+# SIGPIPE ldconfig and fail the build now and then.
+libgcc=$(ldconfig -p | awk '/libgcc_s.so.1 .*x86-64/ && !found { found = $NF } END { print found }')
 [[ -n $libgcc ]] || die "libgcc_s.so.1 not found (install libgcc-s1)"
 copy_lib "$libgcc"
 [[ -d lib64 ]] || { mkdir -p lib64 && cp -L /lib64/ld-linux-x86-64.so.2 lib64/; }

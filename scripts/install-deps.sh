@@ -5,7 +5,7 @@ pkgs=(protobuf-compiler libcryptsetup-dev cryptsetup-bin pkg-config gcc swtpm sw
       qemu-system-x86 busybox-static e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+	[[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
 done
 if ((${#missing[@]})); then
 	echo "installing: ${missing[*]}"
