@@ -214,6 +214,7 @@ note "disk UUID and pushes the key derived from the master secret."
 dmctl_rc=0
 "$bin/dmctl" recover -e "127.0.0.1:$recovery_port" --master-secret "$work/master-secret.json" \
 	--measurements "$work/measurements.json" --ak-roots "$work/platform/ca.pem" --timeout 30s \
+	--client-cert "$work/join/operator-cert.pem" --client-key "$work/join/operator-key.pem" \
 	>"$work/dmctl.out" 2>&1 || dmctl_rc=$?
 sed 's/^/    dmctl: /' "$work/dmctl.out"
 wait_for "$serial" '"event":"summary"' 120

@@ -36,7 +36,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.metadataURL, "metadata-url", "", "base URL of the metadata API (GET /self, /peers)")
 	fs.StringVar(&o.attestation, "attestation", attestationTPM, "attestation: tpm, or dev-insecure (development only)")
 	fs.StringVar(&o.tpmDevice, "tpm-device", constants.TPMDevice, "TPM device")
-	fs.StringVar(&o.joinCA, "join-ca", "", "PEM CA that the JoinService's (and, for a blank disk, the operator's) certificate must chain to")
+	fs.StringVar(&o.joinCA, "join-ca", "", "PEM CA that the JoinService's and every recovery operator's certificate must chain to")
 	fs.BoolVar(&o.integrity, "integrity", true, "dm-integrity hmac(sha256) on new disks")
 	fs.StringVar(&o.cloudProvider, "cloud-provider", "qemu", "cloud provider (for the log)")
 	fs.StringVar(&o.keyHandoverFile, "key-handover-file", "", "write the disk key here for systemd-cryptsetup (off by default)")

@@ -10,6 +10,7 @@ import (
 	"github.com/diskmapper/disk-mapper/internal/attestation"
 	"github.com/diskmapper/disk-mapper/internal/attestation/atls"
 	"github.com/diskmapper/disk-mapper/internal/constants"
+	"github.com/diskmapper/disk-mapper/internal/logging"
 	"github.com/diskmapper/disk-mapper/recoveryserver"
 	"github.com/diskmapper/disk-mapper/rejoinclient"
 	"github.com/diskmapper/disk-mapper/rejoinclient/metadata"
@@ -67,12 +68,17 @@ func newNode(o options, log *zap.Logger) (*node, error) {
 			}
 			log.Warn("Blank disk without --join-ca: accepting unauthenticated keys (development only)")
 		}
+		// With a CA, every push (blank or existing disk) must come from an
+		// operator certificate of it: otherwise the host could build a disk
+		// of its own that passes the allow-list, push its key, and the node
+		// would run on state the host wrote. Without a CA the key itself is
+		// the only proof (logged at start, see warnUnauthenticatedPushes).
 		lis, err := net.Listen("tcp", o.recoveryAddr)
 		if err != nil {
 			// The rejoin path goes on without the listener.
 			log.Error("Cannot listen for recovery", zap.String("addr", o.recoveryAddr), zap.Error(err))
 		} else {
-			creds := atls.NewCredentials(atls.Config{Issuer: issuer, RootCAs: rootsFor(mode, joinCA),
+			creds := atls.NewCredentials(atls.Config{Issuer: issuer, RootCAs: joinCA,
 				HandshakeTimeout: constants.RecoveryHandshakeTimeout, Log: log.Named("atls")})
 			out = append(out, recoveryserver.New(recoveryserver.Config{
 				DiskUUID: uuid, Listener: lis, Credentials: creds, Log: log.Named(constants.LoggerRecoveryServer),
@@ -89,6 +95,9 @@ func newNode(o options, log *zap.Logger) (*node, error) {
 		}
 		return out, nil
 	}
+	if joinCA == nil {
+		warnUnauthenticatedPushes(log)
+	}
 	n := &node{marker: newMarker(o, openTPM, log), sources: sources}
 	if joinCA == nil && o.attestation != attestationDev {
 		n.blankDiskRefusal = "no --join-ca to authenticate the key service and operators with"
@@ -96,13 +105,12 @@ func newNode(o options, log *zap.Logger) (*node, error) {
 	return n, nil
 }
 
-// rootsFor: on a blank disk the operator must present a certificate from the
-// cluster CA; on an existing disk the key itself is checked against the disk.
-func rootsFor(mode setup.DiskMode, joinCA *x509.CertPool) *x509.CertPool {
-	if mode == setup.ModeBlank {
-		return joinCA
-	}
-	return nil
+// warnUnauthenticatedPushes says at start that, without --join-ca, the
+// RecoveryServer accepts a push from anyone who reaches its port with a key
+// that opens the disk (the host can build such a disk itself).
+func warnUnauthenticatedPushes(log *zap.Logger) {
+	log.Warn("Recovery pushes are not authenticated: no --join-ca, so any key that opens the state disk is accepted from anyone who reaches the RecoveryServer",
+		logging.Event("recovery_unauthenticated"))
 }
 
 func endpointSource(o options, log *zap.Logger) (rejoinclient.EndpointSource, error) {

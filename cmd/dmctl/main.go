@@ -62,8 +62,8 @@ func usage(w io.Writer) {
 
   dmctl recover -e HOST[:PORT] [-e ...] --master-secret FILE --measurements FILE [--ak-roots FILE]
                 [--client-cert FILE --client-key FILE] [--timeout 5m] [--json]
-      push each waiting node the key of its state disk (all nodes at once); a node with a
-      blank disk requires a client certificate of the cluster CA (joinservice gen-cert issues a test one)
+      push each waiting node the key of its state disk (all nodes at once); a node whose image
+      carries a cluster CA requires a client certificate of it (joinservice gen-cert issues a test one)
   dmctl master-secret new --out FILE
       create a cluster master secret (mode 0600, never overwrites)
   dmctl measurements --image-measurements FILE --master-secret FILE

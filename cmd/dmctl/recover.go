@@ -38,7 +38,7 @@ func (e env) recoverCmd(args []string) int {
 	jsonOut := fl.Bool("json", false, "print one JSON object per line instead of text")
 	var cf credentialFlags
 	cf.attestation.Register(fl)
-	fl.StringVar(&cf.clientCert, "client-cert", "", "PEM client certificate chaining to the cluster CA (nodes with a blank disk require one)")
+	fl.StringVar(&cf.clientCert, "client-cert", "", "PEM client certificate chaining to the cluster CA (required by every node whose image carries a cluster CA, --join-ca)")
 	fl.StringVar(&cf.clientKey, "client-key", "", "PEM private key of --client-cert")
 	if err := fl.Parse(args); err != nil {
 		return exitUsage

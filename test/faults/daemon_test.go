@@ -105,67 +105,14 @@ func TestDaemonNonDumpableAndNoKeyFile(t *testing.T) {
 	ctl.Process.Kill()
 	ctl.Wait()
 
-	cmd := exec.Command(bin, "--state-disk="+disk, "--attestation=dev-insecure", "--recovery-addr=127.0.0.1:0",
+	dmd := startDaemon(t, bin, dir, []string{"TMPDIR=" + tmp}, asNobody,
+		"--state-disk="+disk, "--attestation=dev-insecure", "--recovery-addr=127.0.0.1:0",
 		"--tpm-device="+filepath.Join(dir, "no-tpm"), "--integrity=false", "--kernel-cmdline=/dev/null")
-	cmd.Env = []string{"TMPDIR=" + tmp, "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-	cmd.Dir = dir
-	asNobody(cmd)
-	stdout := keepOutput(t, "daemon-stdout")
-	pipe, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	lines := make(chan map[string]any, 100)
-	go func() {
-		sc := bufio.NewScanner(pipe)
-		for sc.Scan() {
-			stdout.Write(append(sc.Bytes(), '\n'))
-			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) == nil {
-				lines <- m
-			}
-		}
-		close(lines)
-		exited <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill() // by PID; a no-op once Wait has reaped it
-	})
-
-	// Wait for the listener address and "Waiting for decryption key".
-	addr, waiting := "", false
-	guard := time.After(hangGuard)
-	for !waiting || addr == "" {
-		select {
-		case m, ok := <-lines:
-			if !ok {
-				t.Fatalf("daemon exited early\nstdout:\n%s\nstderr:\n%s", stdout, &stderr)
-			}
-			if m["msg"] == "Starting RecoveryServer" {
-				addr = fmt.Sprint(m["address"])
-			}
-			waiting = waiting || m["msg"] == "Waiting for decryption key"
-		case <-guard:
-			t.Fatalf("daemon never waited for a key\nstdout:\n%s\nstderr:\n%s", stdout, &stderr)
-		}
-	}
+	cmd, stdout, addr := dmd.cmd, dmd.stdout, dmd.addr
 	owner, ownerErr := procOwner(cmd.Process.Pid)
 
 	_, pushErr := pushKey(addr, operatorCreds(t, nil), randomKey(t), nil, d.key)
-	var exitErr error
-	select {
-	case exitErr = <-exited:
-	case <-time.After(hangGuard):
-		t.Fatalf("daemon did not exit after the key\nstdout:\n%s", stdout)
-	}
-	for range lines {
-	}
+	exitErr := dmd.wait(t)
 
 	// No key file anywhere the daemon could write, none at the handover path.
 	var keyFiles []string
@@ -194,4 +141,92 @@ func TestDaemonNonDumpableAndNoKeyFile(t *testing.T) {
 	record(t, outcome{Case: "hygiene: daemon binary non-dumpable, no key file (no --key-handover-file)",
 		Expected: "non-dumpable while it waits for/holds a key; no key file", Got: got, Survived: survived,
 		DataLost: changedBytes(before, readAll(t, disk), headerRegion)})
+}
+
+// daemon is the real disk-mapper binary running on the host, waiting for a
+// key on its RecoveryServer at addr.
+type daemon struct {
+	cmd    *exec.Cmd
+	stdout *logSink
+	addr   string
+	exited chan error
+	lines  chan map[string]any
+}
+
+// startDaemon runs bin with args and env (plus a PATH) in dir, prepared by
+// prepare (may be nil), and returns once it logged its listener address and
+// "Waiting for decryption key".
+func startDaemon(t *testing.T, bin, dir string, env []string, prepare func(*exec.Cmd), args ...string) *daemon {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(env, "PATH=/usr/sbin:/usr/bin:/sbin:/bin")
+	cmd.Dir = dir
+	if prepare != nil {
+		prepare(cmd)
+	}
+	d := &daemon{cmd: cmd, stdout: keepOutput(t, "daemon-stdout"), exited: make(chan error, 1), lines: make(chan map[string]any, 100)}
+	pipe, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(pipe)
+		for sc.Scan() {
+			d.stdout.Write(append(sc.Bytes(), '\n'))
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil {
+				d.lines <- m
+			}
+		}
+		close(d.lines)
+		d.exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill() // by PID; a no-op once Wait has reaped it
+	})
+
+	waiting := false
+	guard := time.After(hangGuard)
+	for !waiting || d.addr == "" {
+		select {
+		case m, ok := <-d.lines:
+			if !ok {
+				t.Fatalf("daemon exited early\nstdout:\n%s\nstderr:\n%s", d.stdout, &stderr)
+			}
+			if m["msg"] == "Starting RecoveryServer" {
+				d.addr = fmt.Sprint(m["address"])
+			}
+			waiting = waiting || m["msg"] == "Waiting for decryption key"
+		case <-guard:
+			t.Fatalf("daemon never waited for a key\nstdout:\n%s\nstderr:\n%s", d.stdout, &stderr)
+		}
+	}
+	return d
+}
+
+// wait returns the daemon's exit once it ended (the hang guard fails the
+// test otherwise).
+func (d *daemon) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-d.exited:
+		for range d.lines {
+		}
+		return err
+	case <-time.After(hangGuard):
+		t.Fatalf("daemon did not exit\nstdout:\n%s", d.stdout)
+		return nil
+	}
+}
+
+// stop ends the daemon by its PID if it still runs.
+func (d *daemon) stop(t *testing.T) {
+	t.Helper()
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	_ = d.wait(t)
 }

@@ -259,7 +259,7 @@ type dmctlResult struct {
 func (s *suite) dmctlRecover(ctx context.Context, t *testing.T, secret string, endpoints ...string) dmctlResult {
 	t.Helper()
 	args := []string{"recover", "--master-secret", secret, "--measurements", s.measurements,
-		"--ak-roots", s.platformCA, "--timeout", "2m"}
+		"--ak-roots", s.platformCA, "--timeout", "2m", "--client-cert", s.operatorCert, "--client-key", s.operatorKey}
 	for _, e := range endpoints {
 		args = append(args, "-e", e)
 	}

@@ -25,14 +25,15 @@ type suite struct {
 	dir string
 	bin struct{ diskMapper, dmMeasure, dmctl, joinservice, metadata, tpmProvision string }
 
-	masterSecret      string // the cluster's master-secret file
-	wrongSecret       string // another cluster's: its keys open nothing here
-	platformCA        string // certifies the (sw)TPMs' AKs: --ak-roots
-	platformKey       string
-	joinCert, joinKey string // the JoinService's certificate, from the CA in the image
-	image             vmtest.Image
-	measurements      string // the image's measurements.json
-	expectedPCR15     string // hex: what a node of this cluster shows after marking
+	masterSecret              string // the cluster's master-secret file
+	wrongSecret               string // another cluster's: its keys open nothing here
+	platformCA                string // certifies the (sw)TPMs' AKs: --ak-roots
+	platformKey               string
+	joinCert, joinKey         string // the JoinService's certificate, from the CA in the image
+	operatorCert, operatorKey string // dmctl recover --client-cert/--client-key, from the same CA
+	image                     vmtest.Image
+	measurements              string // the image's measurements.json
+	expectedPCR15             string // hex: what a node of this cluster shows after marking
 }
 
 var (
@@ -116,6 +117,8 @@ func buildSuite(t *testing.T) (*suite, error) {
 		return nil, err
 	}
 	s.joinCert, s.joinKey = filepath.Join(joinDir, "cert.pem"), filepath.Join(joinDir, "key.pem")
+	// The image has a CA, so every push needs the operator's certificate.
+	s.operatorCert, s.operatorKey = filepath.Join(joinDir, "operator-cert.pem"), filepath.Join(joinDir, "operator-key.pem")
 
 	// The image trusts the JoinService CA: /etc/disk-mapper/ca.pem.
 	configDir := filepath.Join(dir, "image-config")
