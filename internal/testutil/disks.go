@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/diskmapper/disk-mapper/internal/prereq"
 )
 
 // SparseFile creates a sparse zero file of size bytes named name in a fresh
@@ -43,13 +45,10 @@ func WriteAt(tb testing.TB, path string, off int64, data []byte) {
 
 // CryptsetupCLI runs the cryptsetup binary with stdin and returns its
 // combined output; a failure fails the test. The test is skipped when the
-// binary is not installed.
+// binary is not installed (fails under CI, see NeedTool).
 func CryptsetupCLI(tb testing.TB, stdin []byte, args ...string) []byte {
 	tb.Helper()
-	bin, err := exec.LookPath("cryptsetup")
-	if err != nil {
-		tb.Skip("cryptsetup CLI not installed (Debian package cryptsetup-bin)")
-	}
+	bin := prereq.NeedTool(tb, "cryptsetup", "cryptsetup-bin")
 	cmd := exec.Command(bin, args...)
 	cmd.Stdin = bytes.NewReader(stdin)
 	out, err := cmd.CombinedOutput()

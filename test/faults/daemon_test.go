@@ -16,6 +16,8 @@ import (
 
 	"github.com/diskmapper/disk-mapper/diskencryption"
 	"github.com/diskmapper/disk-mapper/internal/constants"
+
+	"github.com/diskmapper/disk-mapper/internal/prereq"
 )
 
 // Key hygiene of the daemon itself (issue item 6): the real cmd/disk-mapper
@@ -30,12 +32,13 @@ const nobody = 65534
 
 func buildDaemon(t *testing.T, dir string) string {
 	t.Helper()
-	root, err := exec.Command("go", "env", "GOMOD").Output()
+	goBin := prereq.NeedTool(t, "go", "the Go toolchain in /usr/local/go/bin")
+	root, err := exec.Command(goBin, "env", "GOMOD").Output()
 	if err != nil {
-		t.Skipf("go toolchain not in PATH: %v", err)
+		t.Fatalf("go env GOMOD: %v", err)
 	}
 	bin := filepath.Join(dir, "disk-mapper")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/disk-mapper")
+	cmd := exec.Command(goBin, "build", "-o", bin, "./cmd/disk-mapper")
 	cmd.Dir = filepath.Dir(strings.TrimSpace(string(root)))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building the daemon: %v\n%s", err, out)
@@ -71,7 +74,7 @@ func asNobody(cmd *exec.Cmd) {
 
 func TestDaemonNonDumpableAndNoKeyFile(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to run the daemon as another user")
+		prereq.Missing(t, "root (to run the daemon as another user)", "run the tests as root")
 	}
 	dir := sharedDir(t)
 	bin := buildDaemon(t, dir)

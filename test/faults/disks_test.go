@@ -10,6 +10,8 @@ import (
 
 	"github.com/diskmapper/disk-mapper/diskencryption"
 	"github.com/diskmapper/disk-mapper/internal/testutil"
+
+	"github.com/diskmapper/disk-mapper/internal/prereq"
 )
 
 const (
@@ -119,10 +121,7 @@ func sortedKeys(m map[string]any) []string {
 // makeExt4 puts a real ext4 file system on a file with mkfs.ext4.
 func makeExt4(t testing.TB) string {
 	t.Helper()
-	bin, err := exec.LookPath("mkfs.ext4")
-	if err != nil {
-		t.Skip("mkfs.ext4 not installed (e2fsprogs)")
-	}
+	bin := prereq.NeedTool(t, "mkfs.ext4", "e2fsprogs")
 	path := newBlankFile(t, diskSize)
 	if out, err := exec.Command(bin, "-q", "-F", path).CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4: %v\n%s", err, out)

@@ -5,13 +5,14 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
+
+	"github.com/diskmapper/disk-mapper/internal/prereq"
 )
 
 // testNVIndex is an owner-defined NV index in the range TCG leaves to owners.
@@ -19,9 +20,7 @@ const testNVIndex = tpm2.TPMHandle(0x01c10190)
 
 func requireSwtpm(t *testing.T) {
 	t.Helper()
-	if _, err := exec.LookPath("swtpm"); err != nil {
-		t.Skip("swtpm not installed (scripts/install-deps.sh installs it)")
-	}
+	prereq.NeedTool(t, "swtpm", "swtpm")
 }
 
 // nvDefineWrite is the kind of thing a provisioning hook does (the cloud

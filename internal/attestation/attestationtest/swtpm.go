@@ -15,6 +15,8 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
+
+	"github.com/diskmapper/disk-mapper/internal/prereq"
 )
 
 // SwTPM is one running swtpm process that serves TPM 2.0 commands on a unix
@@ -33,10 +35,7 @@ type SwTPM struct {
 // installed.
 func StartSwTPM(t testing.TB, stateDir string) *SwTPM {
 	t.Helper()
-	bin, err := exec.LookPath("swtpm")
-	if err != nil {
-		t.Skip("swtpm not installed")
-	}
+	bin := prereq.NeedTool(t, "swtpm", "swtpm")
 	if stateDir == "" {
 		stateDir = t.TempDir()
 	}
