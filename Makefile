@@ -12,7 +12,7 @@ TOOLS := $(CURDIR)/build/tools
 
 include image/image.mk
 
-.PHONY: all build deps proto proto-check lint unit test demo clean vmtest bench fuzz
+.PHONY: all build deps proto proto-check lint unit test demo clean vmtest bench fuzz fresh-check
 
 all: build
 
@@ -61,14 +61,21 @@ vmtest: deps image
 	$(GO) test -tags vmtest -count=1 -timeout 40m -p 1 ./test/...
 	@cd build/integration && cat timings.txt crash-matrix.txt wipe-throughput.txt key-hygiene.txt
 
+# DESIGN.md §8's ratios: every benchmark COUNT times (default 5), one table
+# (median, min–max, target, load) at the end; raw output in build/bench/.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
+	./scripts/bench.sh
 
 # Every fuzz target for a short bounded time (seed corpora in testdata/fuzz).
 fuzz:
 	FUZZTIME=$${FUZZTIME:-10s} ./scripts/fuzz.sh
 
 test: deps proto-check lint unit fuzz image-verify-unit vmtest
+
+# Clones the repository (HEAD) into a temporary directory and runs `make demo`
+# there, as a new user would; prints how long it took.
+fresh-check:
+	./scripts/fresh-check.sh
 
 clean:
 	rm -rf build
