@@ -7,8 +7,8 @@
 #
 # IMAGE_CONFIG_DIR: optional directory copied to /etc/disk-mapper/ in the image.
 # IMAGE_ENV_FILE:   optional file installed as /etc/default/disk-mapper.
-# IMAGE_PARAMS:     the daemon's kernel parameters of a genuine boot
-#                   (dm.<flag>=<value> …); measurements.json is for them.
+# IMAGE_PARAMS:     the kernel command line of a genuine boot (console=…,
+#                   dm.<flag>=<value> …); measurements.json is for it.
 #                   Any other command line: dm-measure expected -root
 #                   build/image/initrd-root -cmdline '…' (docs/pcr-map.md).
 

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# measurements.sh DM_MEASURE IMAGE_ROOT [KERNEL_PARAMS] — prints the expected
-# PCR values of a boot of the image tree IMAGE_ROOT with the kernel
-# parameters KERNEL_PARAMS (the daemon's dm.<flag>=<value> parameters) as
-# measurements JSON: {"11":"<hex>","12":"<hex>","15":"<64 zeros>"}
-# (docs/pcr-map.md).
+# measurements.sh DM_MEASURE IMAGE_ROOT [CMDLINE] — prints the expected PCR
+# values of a boot of the image tree IMAGE_ROOT with the kernel command line
+# CMDLINE (console=…, the daemon's dm.<flag>=<value> parameters; test
+# actions make no difference) as measurements JSON:
+# {"11":"<hex>","12":"<hex>","15":"<64 zeros>"} (docs/pcr-map.md).
 #
 # The values come from `dm-measure expected`, the same code (internal/measure)
 # that measures the boot in the guest, so the build and the guest cannot
 # disagree on the encoding. Another command line (one flag more, one
 # changed) gives another PCR 12: compute its values with the same command.
 set -euo pipefail
-measure=${1:?usage: measurements.sh DM_MEASURE IMAGE_ROOT [KERNEL_PARAMS]}
-root=${2:?usage: measurements.sh DM_MEASURE IMAGE_ROOT [KERNEL_PARAMS]}
+measure=${1:?usage: measurements.sh DM_MEASURE IMAGE_ROOT [CMDLINE]}
+root=${2:?usage: measurements.sh DM_MEASURE IMAGE_ROOT [CMDLINE]}
 params=${3:-}
 
 [[ -x $measure ]] || { echo "measurements: $measure is not executable" >&2; exit 1; }

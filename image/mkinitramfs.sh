@@ -11,8 +11,8 @@
 #   -k  output dir of fetch-kernel.sh (default build/kernel)
 #   -c  directory copied to /etc/disk-mapper/ (join CA PEM, …)
 #   -e  file installed as /etc/default/disk-mapper (the unit's EnvironmentFile)
-#   -p  the daemon's kernel parameters of a genuine boot (dm.<flag>=<value> …):
-#       measurements.json is the expected PCRs of a boot with them
+#   -p  the kernel command line of a genuine boot (console=…, dm.<flag>=<value> …;
+#       test actions aside): measurements.json is the expected PCRs of a boot with it
 #
 # Contents: busybox-static + applet symlinks, /init (image/init), the module
 # closure of the list below with a busybox-generated modules.dep, e2fsprogs'

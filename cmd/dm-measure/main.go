@@ -6,8 +6,9 @@
 //
 //	dm-measure boot [-tpm DEV] [-cmdline FILE] -- /bin/disk-mapper FLAG…
 //	    measure /init and the daemon into PCR 11, its argv, environment,
-//	    disk_mapper.* kernel parameters, /etc/disk-mapper/ and
-//	    /etc/default/disk-mapper into PCR 12, then exec it (environment:
+//	    the kernel command line (but dm.*), the disk_mapper.* parameters,
+//	    /etc/disk-mapper/ and /etc/default/disk-mapper into PCR 12, then
+//	    exec it (environment:
 //	    measure.DaemonEnv only); exit 125 without running it if any
 //	    measurement failed
 //	dm-measure actions [-tpm DEV] -- ACTION…
@@ -95,7 +96,7 @@ func boot(args []string, stderr io.Writer, exec execFunc) int {
 	}
 	// The same argv and environment that were measured, byte for byte.
 	err = exec(filepath.Join(*root, argv[0]), b.Argv, b.Env)
-	logFailure(stderr, fmt.Errorf("running %s: %w", argv[0], err))
+	logLine(stderr, "exec_failed", fmt.Errorf("running %s: %w", argv[0], err))
 	return 127
 }
 
@@ -173,10 +174,12 @@ func eventLine(event string, e measure.Event) map[string]any {
 		"what": e.Desc, "digest": measure.Hex(e.Digest())}
 }
 
-func logFailure(stderr io.Writer, err error) {
+func logFailure(stderr io.Writer, err error) { logLine(stderr, "measure_failed", err) }
+
+func logLine(stderr io.Writer, event string, err error) {
 	if err == nil {
 		err = errors.New("unknown error")
 	}
-	line, _ := json.Marshal(map[string]any{"logger": "dm-measure", "event": "measure_failed", "error": err.Error()})
+	line, _ := json.Marshal(map[string]any{"logger": "dm-measure", "event": event, "error": err.Error()})
 	fmt.Fprintf(stderr, "%s\n", line)
 }

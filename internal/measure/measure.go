@@ -21,7 +21,8 @@
 //	PCR 11  file               argv[0] 0x00 SHA-256(content)   (the daemon binary)
 //	PCR 12  argv               arg 0x00 …                      (argv[0] first: exactly what is executed)
 //	PCR 12  environment        "K=V" 0x00 …                    (exactly what the daemon gets)
-//	PCR 12  kernel-parameters  param 0x00 …                    (every disk_mapper.* field of /proc/cmdline)
+//	PCR 12  kernel-command-line param 0x00 …                   (every kernel parameter but dm.*, split like the kernel)
+//	PCR 12  kernel-parameters  param 0x00 …                    (every disk_mapper.* field, split like the daemon)
 //	PCR 12  config-dir         "/etc/disk-mapper" 0x00 entry…  (see ConfigDirEvent)
 //	PCR 12  environment-file   "/etc/default/disk-mapper" 0x00 ['f' SHA-256(content)]
 //
@@ -53,6 +54,7 @@ const (
 	KindFile             = "file"
 	KindArgv             = "argv"
 	KindEnvironment      = "environment"
+	KindKernelCmdline    = "kernel-command-line"
 	KindKernelParameters = "kernel-parameters"
 	KindConfigDir        = "config-dir"
 	KindEnvironmentFile  = "environment-file"
@@ -146,6 +148,11 @@ func (b Boot) Events() ([]Event, error) {
 	if err != nil {
 		return nil, err
 	}
+	kernel := KernelCmdline(b.Cmdline)
+	kc, err := strings0(KindKernelCmdline, kernel)
+	if err != nil {
+		return nil, err
+	}
 	params := KernelParameters(b.Cmdline)
 	kp, err := strings0(KindKernelParameters, params)
 	if err != nil {
@@ -154,6 +161,7 @@ func (b Boot) Events() ([]Event, error) {
 	events = append(events,
 		newEvent(constants.PCRConfig, KindArgv, strings.Join(b.Argv, " "), argv),
 		newEvent(constants.PCRConfig, KindEnvironment, strings.Join(b.Env, " "), env),
+		newEvent(constants.PCRConfig, KindKernelCmdline, strings.Join(kernel, " "), kc),
 		newEvent(constants.PCRConfig, KindKernelParameters, strings.Join(params, " "), kp))
 	cfg, err := ConfigDirEvent(b.Root, constants.ConfigDir)
 	if err != nil {
@@ -267,6 +275,33 @@ func EnvironmentFileEvent(root, p string) (Event, error) {
 		return Event{}, err
 	}
 	return newEvent(constants.PCRConfig, KindEnvironmentFile, desc, payload), nil
+}
+
+// KernelCmdline are the kernel command line's parameters, split the way
+// the kernel splits them (lib/cmdline.c next_arg: at its isspace bytes,
+// not inside double quotes, quotes kept), without the dm.* ones: those
+// reach the daemon only as argv (measured as such) or are test actions.
+// What is left steers the kernel under the genuine daemon: kgdboc=ttyS0
+// (a debugger on the host's serial port, with the disk key in memory),
+// module_blacklist=, dm_mod.create=, sysrq_always_enabled, …
+func KernelCmdline(cmdline string) []string {
+	var out []string
+	isSpace := func(c byte) bool { return c == ' ' || (c >= '\t' && c <= '\r') || c == 0xa0 }
+	for i := 0; i < len(cmdline); {
+		for i < len(cmdline) && isSpace(cmdline[i]) {
+			i++
+		}
+		start, quoted := i, false
+		for ; i < len(cmdline) && (quoted || !isSpace(cmdline[i])); i++ {
+			if cmdline[i] == '"' {
+				quoted = !quoted
+			}
+		}
+		if p := cmdline[start:i]; p != "" && !strings.HasPrefix(p, "dm.") {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // KernelParameters are the fields of the kernel command line the daemon

@@ -102,6 +102,7 @@ func TestEventEncoding(t *testing.T) {
 		{11, "disk-mapper-measurement/v1\x00file\x00/bin/d\x00" + h("d")},
 		{12, "disk-mapper-measurement/v1\x00argv\x00/bin/d\x00--a=1\x00"},
 		{12, "disk-mapper-measurement/v1\x00environment\x00PATH=/bin\x00"},
+		{12, "disk-mapper-measurement/v1\x00kernel-command-line\x00x\x00disk_mapper.k=v\x00y\x00"},
 		{12, "disk-mapper-measurement/v1\x00kernel-parameters\x00disk_mapper.k=v\x00"},
 		{12, "disk-mapper-measurement/v1\x00config-dir\x00/etc/disk-mapper\x00"},
 		{12, "disk-mapper-measurement/v1\x00environment-file\x00/etc/default/disk-mapper\x00"},
@@ -207,4 +208,20 @@ func write(t *testing.T, root, p, content string) {
 func sha256sum(b []byte) []byte {
 	d := sha256.Sum256(b)
 	return d[:]
+}
+
+// The kernel's own split decides what it and init see; everything but the
+// dm.* parameters (argv or test actions) is measured by it.
+func TestKernelCmdline(t *testing.T) {
+	for cmdline, want := range map[string][]string{
+		"console=ttyS0 quiet panic=-1 dm.integrity=false dm.write=a:b\n": {"console=ttyS0", "quiet", "panic=-1"},
+		"rdinit=/bin/sh dm.attestation=tpm":                              {"rdinit=/bin/sh"},
+		`x="a dm.write=b" dm.y="c d" init=/bin/sh`:                       {`x="a dm.write=b"`, "init=/bin/sh"},
+		"a\vb\rc\xa0d\te\ff":                                             {"a", "b", "c", "d", "e", "f"},
+		"":                                                               nil,
+	} {
+		if got := KernelCmdline(cmdline); !reflect.DeepEqual(got, want) {
+			t.Errorf("KernelCmdline(%q) = %q, want %q", cmdline, got, want)
+		}
+	}
 }

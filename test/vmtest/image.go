@@ -21,8 +21,9 @@ type ImageSpec struct {
 	DMMeasure string
 	// ConfigDir is optional, copied to /etc/disk-mapper/ in the image.
 	ConfigDir string
-	// Params are the daemon's kernel parameters of the boot measurements.json
-	// is for (mkinitramfs.sh -p); Image.Expected computes any other boot's.
+	// Params are the extra kernel parameters (Config.Cmdline) of the boot
+	// measurements.json is for: mkinitramfs.sh -p gets the whole command
+	// line Boot gives QEMU with them. Image.Expected computes any other boot's.
 	Params []string
 	// Out is the cpio path; measurements.json is written beside it.
 	Out string
@@ -72,7 +73,7 @@ func BuildInitrd(t testing.TB, spec ImageSpec) (Image, error) {
 		return Image{}, err
 	}
 	args := []string{filepath.Join(root, "image", "mkinitramfs.sh"), "-o", spec.Out, "-m", spec.DMMeasure,
-		"-p", strings.Join(spec.Params, " ")}
+		"-p", KernelCmdline(spec.Params)}
 	if spec.ConfigDir != "" {
 		args = append(args, "-c", spec.ConfigDir)
 	}
