@@ -120,7 +120,7 @@ func TestServeRefusesPartialMeasurements(t *testing.T) {
 		var logs bytes.Buffer
 		// An address no one can listen on: the run stops right after the
 		// credentials, which is all this test is about.
-		args := append([]string{"--listen", "256.0.0.1:1", "--master-secret", secretPath, "--cert", filepath.Join(dir, "cert.pem"),
+		args := append([]string{"--listen", "127.0.0.1:99999", "--master-secret", secretPath, "--cert", filepath.Join(dir, "cert.pem"),
 			"--key", filepath.Join(dir, "key.pem"), "--insecure-trust-any-ak"}, extra...)
 		return run(t.Context(), args, &bytes.Buffer{}, &logs, fs), logs.String()
 	}
