@@ -1,15 +1,22 @@
 # image/image.mk — the test image's targets; the top Makefile includes it
 # (`include image/image.mk`). Paths are relative to the repository root.
 #
-#   make image              kernel + initramfs (real disk-mapper, dm-measure) + measurements.json
+#   make image              kernel + initramfs (real disk-mapper, dm-measure) + measurements.json + initrd-root/
 #   make image-kernel       only the pinned kernel (build/kernel/vmlinux + modules)
 #   make image-verify-unit  systemd-analyze verify of image/systemd/disk-mapper.service
 #
 # IMAGE_CONFIG_DIR: optional directory copied to /etc/disk-mapper/ in the image.
+# IMAGE_ENV_FILE:   optional file installed as /etc/default/disk-mapper.
+# IMAGE_PARAMS:     the kernel command line of a genuine boot (console=…,
+#                   dm.<flag>=<value> …); measurements.json is for it.
+#                   Any other command line: dm-measure expected -root
+#                   build/image/initrd-root -cmdline '…' (docs/pcr-map.md).
 
 GO ?= go
 IMAGE_OUT := build/image
 IMAGE_CONFIG_DIR ?=
+IMAGE_ENV_FILE ?=
+IMAGE_PARAMS ?=
 
 .PHONY: image image-kernel image-bins image-verify-unit
 
@@ -25,7 +32,8 @@ image-bins:
 
 image: image-kernel image-bins
 	./image/mkinitramfs.sh -o $(IMAGE_OUT)/initrd.cpio -m $(IMAGE_OUT)/bin/dm-measure \
-		$(if $(IMAGE_CONFIG_DIR),-c $(IMAGE_CONFIG_DIR)) $(IMAGE_OUT)/bin/disk-mapper
+		$(if $(IMAGE_CONFIG_DIR),-c $(IMAGE_CONFIG_DIR)) $(if $(IMAGE_ENV_FILE),-e $(IMAGE_ENV_FILE)) \
+		-p '$(IMAGE_PARAMS)' $(IMAGE_OUT)/bin/disk-mapper
 
 image-verify-unit:
 	./image/verify-unit.sh

@@ -1,26 +1,23 @@
 #!/usr/bin/env bash
-# measurements.sh DISK_MAPPER [DM_MEASURE] — prints the image's expected PCR
-# values as JSON: {"11":"<hex>","15":"<64 zeros>"}.
+# measurements.sh DM_MEASURE IMAGE_ROOT [CMDLINE] — prints the expected PCR
+# values of a boot of the image tree IMAGE_ROOT with the kernel command line
+# CMDLINE (console=…, the daemon's dm.<flag>=<value> parameters; test
+# actions make no difference) as measurements JSON:
+# {"11":"<hex>","12":"<hex>","15":"<64 zeros>"} (docs/pcr-map.md).
 #
-# The image's /init extends SHA-256(disk-mapper) into PCR 11 (zero at boot)
-# before running it, so PCR 11 = SHA-256(0^32 || SHA-256(file)). PCR 15 must
-# be zero while the node asks for keys (DESIGN.md §4, §6).
-# When dm-measure is given, its -expected answer is cross-checked with the
-# computation here: a mismatch means the guest and the build disagree.
+# The values come from `dm-measure expected`, the same code (internal/measure)
+# that measures the boot in the guest, so the build and the guest cannot
+# disagree on the encoding. Another command line (one flag more, one
+# changed) gives another PCR 12: compute its values with the same command.
 set -euo pipefail
-bin=${1:?usage: measurements.sh DISK_MAPPER [DM_MEASURE]}
-measure=${2:-}
+measure=${1:?usage: measurements.sh DM_MEASURE IMAGE_ROOT [CMDLINE]}
+root=${2:?usage: measurements.sh DM_MEASURE IMAGE_ROOT [CMDLINE]}
+params=${3:-}
 
-file_digest=$(sha256sum "$bin" | cut -d' ' -f1)
-pcr11=$({ head -c 32 /dev/zero; echo "$file_digest" | busybox xxd -r -p; } | sha256sum | cut -d' ' -f1)
-
-if [[ -n $measure && -x $measure ]]; then
-	theirs=$("$measure" -expected -pcr 11 "$bin" 2>/dev/null | grep -oiE '\b[0-9a-f]{64}\b' | tail -n1 | tr A-F a-f || true)
-	if [[ -z $theirs ]]; then
-		echo "measurements: $measure -expected gave no digest; using the local computation" >&2
-	elif [[ $theirs != "$pcr11" ]]; then
-		echo "measurements: dm-measure says PCR 11 = $theirs, local computation says $pcr11" >&2
-		exit 1
-	fi
-fi
-printf '{"11":"%s","15":"%064d"}\n' "$pcr11" 0
+[[ -x $measure ]] || { echo "measurements: $measure is not executable" >&2; exit 1; }
+json=$("$measure" expected -root "$root" -cmdline "$params")
+# Validators refuse a file without the map's PCRs (11, 12, 15): fail here first.
+for pcr in 11 12 15; do
+	grep -q "\"$pcr\":\"[0-9a-f]\{64\}\"" <<<"$json" || { echo "measurements: no PCR $pcr in $json" >&2; exit 1; }
+done
+printf '%s\n' "$json"

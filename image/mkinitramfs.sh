@@ -2,12 +2,17 @@
 # mkinitramfs.sh — builds the test image's uncompressed cpio initramfs
 # (uncompressed: gzip unpacking costs ~0.45 s per boot under TCG).
 #
-#   image/mkinitramfs.sh [-o OUT.cpio] [-k KERNEL_DIR] [-c CONFIG_DIR] [-m DM_MEASURE] DISK_MAPPER
+#   image/mkinitramfs.sh -m DM_MEASURE [-o OUT.cpio] [-k KERNEL_DIR] [-c CONFIG_DIR] [-e ENV_FILE] [-p 'PARAMS'] DISK_MAPPER
 #
-#   -o  output (default build/image/initrd.cpio); measurements.json is written beside it
+#   -m  dm-measure binary (required: /init runs the daemon through it)
+#   -o  output (default build/image/initrd.cpio); beside it: measurements.json
+#       and the image tree OUT-root/ (dm-measure expected -root computes the
+#       measurements of other command lines from it)
 #   -k  output dir of fetch-kernel.sh (default build/kernel)
-#   -c  directory copied to /etc/disk-mapper/ (join CA PEM, measurements, …)
-#   -m  dm-measure binary; without it /init skips the PCR 11 measurement
+#   -c  directory copied to /etc/disk-mapper/ (join CA PEM, …)
+#   -e  file installed as /etc/default/disk-mapper (the unit's EnvironmentFile)
+#   -p  the kernel command line of a genuine boot (console=…, dm.<flag>=<value> …;
+#       test actions aside): measurements.json is the expected PCRs of a boot with it
 #
 # Contents: busybox-static + applet symlinks, /init (image/init), the module
 # closure of the list below with a busybox-generated modules.dep, e2fsprogs'
@@ -21,22 +26,27 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=$root/build/image/initrd.cpio
 kdir=$root/build/kernel
 config_dir=
+env_file=
 dm_measure=
-while getopts "o:k:c:m:" opt; do
+params=
+while getopts "o:k:c:e:m:p:" opt; do
 	case $opt in
 	o) out=$OPTARG ;;
 	k) kdir=$OPTARG ;;
 	c) config_dir=$OPTARG ;;
+	e) env_file=$OPTARG ;;
 	m) dm_measure=$OPTARG ;;
-	*) sed -n '4,10p' "$0" >&2; exit 2 ;;
+	p) params=$OPTARG ;;
+	*) sed -n '4,17p' "$0" >&2; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
-disk_mapper=${1:?usage: mkinitramfs.sh [-o OUT] [-k KERNEL_DIR] [-c CONFIG_DIR] [-m DM_MEASURE] DISK_MAPPER}
+disk_mapper=${1:?usage: mkinitramfs.sh -m DM_MEASURE [-o OUT] [-k KERNEL_DIR] [-c CONFIG_DIR] [-e ENV_FILE] [-p PARAMS] DISK_MAPPER}
 
 # The staging step cd's away: make every path absolute first.
 out=$(realpath -m "$out"); kdir=$(realpath -m "$kdir"); disk_mapper=$(realpath -m "$disk_mapper")
 [[ -n $config_dir ]] && config_dir=$(realpath -m "$config_dir")
+[[ -n $env_file ]] && env_file=$(realpath -m "$env_file")
 [[ -n $dm_measure ]] && dm_measure=$(realpath -m "$dm_measure")
 
 MODULES="virtio_pci virtio_blk virtio_net virtio_rng dm_mod dm_crypt dm_integrity ecb xts authenc aesni_intel crc32c_generic ext4"
@@ -45,8 +55,10 @@ log() { echo "mkinitramfs: $*" >&2; }
 die() { log "$*"; exit 1; }
 
 [[ -x $disk_mapper ]] || die "disk-mapper binary $disk_mapper is missing or not executable"
-[[ -z $dm_measure || -x $dm_measure ]] || die "dm-measure binary $dm_measure is missing or not executable"
+[[ -n $dm_measure ]] || die "-m DM_MEASURE is required: /init runs the daemon through it"
+[[ -x $dm_measure ]] || die "dm-measure binary $dm_measure is missing or not executable"
 [[ -z $config_dir || -d $config_dir ]] || die "config dir $config_dir does not exist"
+[[ -z $env_file || -f $env_file ]] || die "environment file $env_file does not exist"
 release=$(cat "$kdir/release" 2>/dev/null) || die "no $kdir/release: run image/fetch-kernel.sh first"
 kmods=$kdir/tree/lib/modules/$release
 [[ -f $kmods/modules.dep ]] || die "no $kmods/modules.dep: run image/fetch-kernel.sh first"
@@ -55,7 +67,7 @@ if ldd "$busybox" >/dev/null 2>&1; then die "$busybox is dynamic: install busybo
 
 mkdir -p "$(dirname "$out")"
 stage=$(mktemp -d "$(dirname "$out")/.stage.XXXXXX")
-trap 'rm -rf "$stage"' EXIT
+trap '[[ -d $stage ]] && rm -rf "$stage"' EXIT
 cd "$stage"
 mkdir -p bin sbin usr/bin usr/sbin etc/disk-mapper proc sys dev run tmp mnt/state lib/modules
 
@@ -100,7 +112,7 @@ tr ' ' '\n' <<<"$MODULES" >etc/modules
 
 # Real programs: the daemon, the measurer, e2fsprogs' mke2fs.
 install -m 0755 "$disk_mapper" bin/disk-mapper
-[[ -n $dm_measure ]] && install -m 0755 "$dm_measure" bin/dm-measure
+install -m 0755 "$dm_measure" bin/dm-measure
 mke2fs=$(command -v mke2fs) || die "e2fsprogs mke2fs is not installed"
 rm -f sbin/mke2fs sbin/mkfs.ext2 sbin/mkfs.ext4
 install -m 0755 "$mke2fs" sbin/mke2fs
@@ -133,13 +145,21 @@ copy_lib "$libgcc"
 if [[ -n $config_dir ]]; then
 	cp -r "$config_dir"/. etc/disk-mapper/
 fi
+if [[ -n $env_file ]]; then
+	mkdir -p etc/default
+	install -m 0644 "$env_file" etc/default/disk-mapper
+fi
 
 # The cpio archive (newc), in sorted order, owned by root.
 find . -mindepth 1 ! -path . | LC_ALL=C sort | sed 's|^\./||' |
 	bin/busybox cpio -o -H newc -R 0:0 --ignore-devno --renumber-inodes >"$out.tmp" 2>/dev/null
 mv "$out.tmp" "$out"
 
-# Expected PCR values for this image's disk-mapper.
-"$root/image/measurements.sh" "$disk_mapper" "$dm_measure" >"$(dirname "$out")/measurements.json.tmp"
+# Expected PCR values of a genuine boot (-p) of exactly this tree, which is
+# kept beside the cpio for other command lines.
+"$root/image/measurements.sh" "$dm_measure" "$stage" "$params" >"$(dirname "$out")/measurements.json.tmp"
 mv "$(dirname "$out")/measurements.json.tmp" "$(dirname "$out")/measurements.json"
-log "ok: $out ($(du -h "$out" | cut -f1), $(wc -w <<<"$closure") modules), $(dirname "$out")/measurements.json"
+tree=${out%.cpio}-root
+rm -rf "$tree"
+cd / && mv "$stage" "$tree"
+log "ok: $out ($(du -h "$out" | cut -f1), $(wc -w <<<"$closure") modules), $(dirname "$out")/measurements.json, $tree/"

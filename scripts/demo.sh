@@ -85,12 +85,18 @@ done
 "$bin/tpm-provision" --new-ca "$work/platform" >/dev/null
 "$bin/joinservice" gen-cert --dir "$work/join" --hosts 127.0.0.1,10.0.2.100 >/dev/null
 cp "$work/join/ca.pem" "$work/config/ca.pem"
+# The node's configuration: every boot passes exactly this kernel command
+# line (plus test actions), and the image's measurements.json (PCR 12) is
+# computed for it. One parameter more or changed and the node's PCR 12 differs: no JoinService or dmctl that
+# holds these measurements hands it a key (docs/pcr-map.md).
+kernel_params="console=ttyS0 quiet panic=-1 dm.attestation=tpm dm.join-ca=/etc/disk-mapper/ca.pem dm.metadata-url=http://10.0.2.99:8080 dm.integrity=false"
 "$root/image/mkinitramfs.sh" -o "$work/initrd.cpio" -m "$root/build/image/bin/dm-measure" -c "$work/config" \
-	"$root/build/image/bin/disk-mapper" 2>&1 | sed 's/^/    /'
+	-p "$kernel_params" "$root/build/image/bin/disk-mapper" 2>&1 | sed 's/^/    /'
 "$bin/dmctl" measurements --image-measurements "$work/measurements.json" --master-secret "$work/master-secret.json" >"$work/expected.json"
 pcr15=$(tr -d ' \n' <"$work/expected.json" | sed -E 's/.*"15":"([0-9a-f]+)".*/\1/')
 note "master secret, platform CA, JoinService certificate and image are in $work"
-note "PCR 11 (the measured daemon) and, once marked, PCR 15 (the cluster ID) must be:"
+note "PCR 11 (/init and the daemon binary), PCR 12 (the daemon's flags, environment, kernel command"
+note "line and configuration files, for the command line above) and, once marked, PCR 15 (the cluster ID) must be:"
 sed 's/^/      /' "$work/expected.json"
 
 say "Playing the cloud: the new VM's swtpm gets an AK certificate from the platform CA in NV"
@@ -152,7 +158,7 @@ boot() {
 	qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot \
 		-machine q35 -accel tcg -cpu max -m 512 -smp 1 \
 		-bios /usr/share/qemu/qboot.rom -kernel "$kernel" -initrd "$work/initrd.cpio" \
-		-append "console=ttyS0 quiet panic=-1 dm.attestation=tpm dm.join-ca=/etc/disk-mapper/ca.pem dm.metadata-url=http://10.0.2.99:8080 dm.integrity=false $*" \
+		-append "$kernel_params $*" \
 		-serial "file:$console" -serial stdio \
 		-drive "if=none,id=state,format=raw,cache=unsafe,file=$work/node/state.img" -device virtio-blk-pci,drive=state \
 		-netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$recovery_port-:9999,guestfwd=tcp:10.0.2.99:8080-cmd:busybox nc 127.0.0.1 $md_port$fwd" \

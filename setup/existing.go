@@ -3,12 +3,13 @@ package setup
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/diskmapper/disk-mapper/internal/logging"
 	"github.com/diskmapper/disk-mapper/internal/masterkey"
 	"github.com/diskmapper/disk-mapper/internal/unlock"
-	"github.com/spf13/afero"
 	"go.uber.org/zap"
 )
 
@@ -97,7 +98,17 @@ func (m *Manager) handOver(key []byte) error {
 	if err := m.fs.MkdirAll(filepath.Dir(m.cfg.KeyHandoverFile), 0o700); err != nil {
 		return fmt.Errorf("writing key handover file: %w", err)
 	}
-	if err := afero.WriteFile(m.fs, m.cfg.KeyHandoverFile, key, 0o400); err != nil {
+	// Only ever a new regular file: O_EXCL refuses anything already there,
+	// O_NOFOLLOW a symlink planted to send the key elsewhere.
+	f, err := m.fs.OpenFile(m.cfg.KeyHandoverFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o400)
+	if err != nil {
+		return fmt.Errorf("writing key handover file: %w", err)
+	}
+	_, err = f.Write(key)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return fmt.Errorf("writing key handover file: %w", err)
 	}
 	return nil

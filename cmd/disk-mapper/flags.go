@@ -1,8 +1,12 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 
 	"github.com/diskmapper/disk-mapper/internal/constants"
 )
@@ -39,7 +43,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.joinCA, "join-ca", "", "PEM CA that the JoinService's and every recovery operator's certificate must chain to")
 	fs.BoolVar(&o.integrity, "integrity", true, "dm-integrity hmac(sha256) on new disks")
 	fs.StringVar(&o.cloudProvider, "cloud-provider", "qemu", "cloud provider (for the log)")
-	fs.StringVar(&o.keyHandoverFile, "key-handover-file", "", "write the disk key here for systemd-cryptsetup (off by default)")
+	fs.StringVar(&o.keyHandoverFile, "key-handover-file", "", "write the disk key to this new file for systemd-cryptsetup, a name directly in "+constants.RuntimeDir+"/ (off by default)")
 	fs.StringVar(&o.kernelCmdline, "kernel-cmdline", constants.KernelCmdline, "kernel command line file")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
@@ -50,5 +54,45 @@ func parseFlags(args []string) (options, error) {
 	if o.attestation != attestationTPM && o.attestation != attestationDev {
 		return options{}, fmt.Errorf("--attestation must be %q or %q", attestationTPM, attestationDev)
 	}
+	if err := checkKeyHandoverFile(o.keyHandoverFile, constants.RuntimeDir); err != nil {
+		return options{}, err
+	}
 	return o, nil
+}
+
+// checkKeyHandoverFile enforces where the disk key may go: only a new
+// file directly in runtimeDir (a tmpfs that dies with the boot). A flag is
+// the host's to choose in a test image, and a key written to /dev/ttyS1, to
+// a disk or through a link would be the host's to read. The name must be
+// the path as given (no "..", "//", "./" to reinterpret it), not the
+// daemon's mount point, and nothing may exist there yet: the write itself
+// (O_EXCL|O_NOFOLLOW) only ever creates a new regular file.
+func checkKeyHandoverFile(p, runtimeDir string) error {
+	if p == "" {
+		return nil
+	}
+	refuse := func(why string) error {
+		return fmt.Errorf("--key-handover-file %q refused: %s; it must be a new file directly in %s/ (e.g. %s)",
+			p, why, runtimeDir, constants.KeyHandoverFile)
+	}
+	dir, name := filepath.Split(p)
+	switch {
+	case filepath.Clean(p) != p:
+		return refuse("not a clean path")
+	case dir != runtimeDir+"/" || name == "" || name == "." || name == "..":
+		return refuse("not directly in " + runtimeDir)
+	case name == filepath.Base(constants.StateMountPoint):
+		return refuse("that is the daemon's mount point")
+	}
+	if fi, err := os.Lstat(runtimeDir); err == nil && (!fi.IsDir() || fi.Mode()&os.ModeSymlink != 0) {
+		return refuse(runtimeDir + " is not a directory")
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return refuse(err.Error())
+	}
+	if _, err := os.Lstat(p); err == nil {
+		return refuse("something already exists there")
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return refuse(err.Error())
+	}
+	return nil
 }

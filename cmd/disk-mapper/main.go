@@ -30,13 +30,16 @@ func main() {
 }
 
 func run() int {
-	flags, err := parseFlags(os.Args[1:])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
-	}
 	log := logging.New(zapcore.Lock(os.Stdout), zapcore.InfoLevel)
 	defer log.Sync()
+	flags, err := parseFlags(os.Args[1:])
+	if err != nil {
+		// On the serial console as JSON too: it is the operator's only
+		// window, and a refused --key-handover-file must be visible there.
+		fmt.Fprintln(os.Stderr, err)
+		log.Error("Invalid flags", logging.Event("bad_flags"), zap.Error(err))
+		return 2
+	}
 	// gRPC's own logger would write non-JSON lines to the console.
 	grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, io.Discard))
 	log.Info("Starting disk-mapper", zap.String("version", version), zap.String("cloudProvider", flags.cloudProvider))

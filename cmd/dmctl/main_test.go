@@ -171,3 +171,31 @@ func TestMeasurementsAddsPCR15OfTheCluster(t *testing.T) {
 		t.Errorf("PCR 11 = %s, want the image's %s", got["11"], pcr11)
 	}
 }
+
+// dmctl refuses, before it dials any node, a measurements file that is
+// empty or leaves one of the image's PCRs (11, 12, 15) unpinned: it would
+// push keys to nodes with any value there. --allow-partial-measurements
+// (development) goes on, with a warning.
+func TestRecoverRefusesPartialMeasurements(t *testing.T) {
+	path, _ := newSecretFile(t)
+	dir := t.TempDir()
+	v, zero := `"`+strings.Repeat("ab", 32)+`"`, `"`+strings.Repeat("00", 32)+`"`
+	partial, empty := filepath.Join(dir, "partial.json"), filepath.Join(dir, "empty.json")
+	_ = os.WriteFile(partial, []byte(`{"11":`+v+`,"15":`+zero+`}`), 0o644)
+	_ = os.WriteFile(empty, nil, 0o644)
+	recoverWith := func(extra ...string) (int, string) {
+		args := append([]string{"recover", "-e", "127.0.0.1:1", "--master-secret", path, "--insecure-trust-any-ak", "--timeout", "1s"}, extra...)
+		code, _, stderr := runDmctl(t, args...)
+		return code, stderr
+	}
+	if code, stderr := recoverWith("--measurements", partial); code != exitUsage || !strings.Contains(stderr, "does not pin PCRs [12]") {
+		t.Errorf("partial: exit %d, want %d and the missing PCR named: %s", code, exitUsage, stderr)
+	}
+	if code, stderr := recoverWith("--measurements", empty); code != exitUsage || !strings.Contains(stderr, "is empty") {
+		t.Errorf("empty: exit %d, want %d and a clear error: %s", code, exitUsage, stderr)
+	}
+	if code, stderr := recoverWith("--measurements", partial, "--allow-partial-measurements"); code == exitUsage || code == exitOK ||
+		!strings.Contains(stderr, `"event":"partial_measurements"`) {
+		t.Errorf("partial, allowed: exit %d, want a failed push (nothing listens) after a warning: %s", code, stderr)
+	}
+}

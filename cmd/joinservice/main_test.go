@@ -96,3 +96,42 @@ func freeAddr(t *testing.T) string {
 	defer lis.Close()
 	return lis.Addr().String()
 }
+
+// The service refuses, at startup, a measurements file that is empty or
+// leaves one of the image's PCRs (11, 12, 15) unpinned: it would hand keys
+// to nodes with any value there. --allow-partial-measurements (development)
+// lets it start, with a warning.
+func TestServeRefusesPartialMeasurements(t *testing.T) {
+	dir := t.TempDir()
+	fs := afero.NewOsFs()
+	var out, errOut bytes.Buffer
+	if code := run(t.Context(), []string{"gen-cert", "--dir", dir, "--hosts", "127.0.0.1"}, &out, &errOut, fs); code != exitOK {
+		t.Fatalf("gen-cert: %d %s", code, errOut.String())
+	}
+	secret, _ := masterkey.New()
+	secretPath := filepath.Join(dir, "secret.json")
+	_ = secret.Save(fs, secretPath)
+	v, zero := `"`+strings.Repeat("ab", 32)+`"`, `"`+strings.Repeat("00", 32)+`"`
+	partial, empty := filepath.Join(dir, "partial.json"), filepath.Join(dir, "empty.json")
+	_ = os.WriteFile(partial, []byte(`{"11":`+v+`,"15":`+zero+`}`), 0o644)
+	_ = os.WriteFile(empty, nil, 0o644)
+
+	serve := func(extra ...string) (int, string) {
+		var logs bytes.Buffer
+		// An address no one can listen on: the run stops right after the
+		// credentials, which is all this test is about.
+		args := append([]string{"--listen", "127.0.0.1:99999", "--master-secret", secretPath, "--cert", filepath.Join(dir, "cert.pem"),
+			"--key", filepath.Join(dir, "key.pem"), "--insecure-trust-any-ak"}, extra...)
+		return run(t.Context(), args, &bytes.Buffer{}, &logs, fs), logs.String()
+	}
+	if code, logs := serve("--measurements", partial); code != exitUsage || !strings.Contains(logs, "does not pin PCRs [12]") {
+		t.Errorf("partial: exit %d, want %d and the missing PCR named:\n%s", code, exitUsage, logs)
+	}
+	if code, logs := serve("--measurements", empty); code != exitUsage || !strings.Contains(logs, "is empty") {
+		t.Errorf("empty: exit %d, want %d and a clear error:\n%s", code, exitUsage, logs)
+	}
+	code, logs := serve("--measurements", partial, "--allow-partial-measurements")
+	if code != exitFailed || !strings.Contains(logs, `"event":"partial_measurements"`) || !strings.Contains(logs, `"event":"listen_failed"`) {
+		t.Errorf("partial, allowed: exit %d, want it past the credentials (listen fails) with a warning:\n%s", code, logs)
+	}
+}

@@ -1,6 +1,7 @@
 package attestation
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 
@@ -34,6 +35,9 @@ func LoadMeasurements(fs afero.Fs, path string) (Measurements, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading measurements: %w", err)
 	}
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return nil, fmt.Errorf("measurements %s is empty: it must hold the image's expected PCR values", path)
+	}
 	var m Measurements
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return nil, fmt.Errorf("parsing measurements %s: %w", path, err)
@@ -42,6 +46,19 @@ func LoadMeasurements(fs afero.Fs, path string) (Measurements, error) {
 		return nil, fmt.Errorf("measurements %s: %w", path, err)
 	}
 	return m, nil
+}
+
+// Missing returns the PCRs of required that m does not pin, in order. A
+// validator with such measurements accepts whatever the node has in them:
+// without PCR 12, say, a node booted with any flags the host likes.
+func (m Measurements) Missing(required []uint32) []uint32 {
+	var out []uint32
+	for _, p := range required {
+		if _, ok := m[p]; !ok {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // check rejects measurements no quote can ever satisfy.

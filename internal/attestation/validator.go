@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math/big"
 	"slices"
+	"strings"
 
 	"github.com/google/go-tpm/tpm2"
 	"go.uber.org/zap"
@@ -209,14 +210,21 @@ func (v *TPMValidator) checkQuote(doc *document, binding []byte) error {
 	if !bytes.Equal(info.PCRDigest.Buffer, pcrDigest(doc.PCRs, QuotedPCRs)) {
 		return fmt.Errorf("reported PCR values do not match the quoted PCR digest")
 	}
+	// Every differing PCR is named: which one differs tells the operator
+	// whether the node runs another image (11) or was booted with another
+	// configuration (12).
+	var differ []string
 	for _, p := range QuotedPCRs {
 		want, ok := v.cfg.Measurements[p]
 		if !ok {
 			continue
 		}
 		if !bytes.Equal(doc.PCRs[p], want) {
-			return fmt.Errorf("PCR %d mismatch: got %s, want %s", p, hex.EncodeToString(doc.PCRs[p]), hex.EncodeToString(want))
+			differ = append(differ, fmt.Sprintf("PCR %d mismatch: got %s, want %s", p, hex.EncodeToString(doc.PCRs[p]), hex.EncodeToString(want)))
 		}
+	}
+	if len(differ) > 0 {
+		return fmt.Errorf("measurements differ: %s", strings.Join(differ, "; "))
 	}
 	if pcr15 := doc.PCRs[constants.PCRClusterID]; !isZero(pcr15) {
 		return fmt.Errorf("PCR %d is not zero (node is already marked as bootstrapped): %s",

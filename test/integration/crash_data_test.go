@@ -29,9 +29,9 @@ func TestCrashRejoinKeepsSyncedData(t *testing.T) {
 	scenario(t)
 	s := getSuite(t)
 	ctx := scenarioContext(t)
-	js := s.startJoinService(ctx, t)
-	n := s.newNode(ctx, t, "crash-data")
 	base := bootOpts{integrity: true, diskSize: integrityDiskSize}
+	js := s.startJoinServiceFor(ctx, t, base)
+	n := s.newNode(ctx, t, "crash-data")
 
 	synced := map[string]string{"a.txt": fmt.Sprintf("synced-at-first-boot-%d", time.Now().UnixNano())}
 	o := base

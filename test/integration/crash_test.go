@@ -112,7 +112,8 @@ func TestCrashDuringFirstBoot(t *testing.T) {
 	scenario(t)
 	s := getSuite(t)
 	ctx := scenarioContext(t)
-	js := s.startJoinService(ctx, t)
+	// A JoinService accepts one node configuration: one per integrity setting.
+	jsFor := map[bool]*joinService{false: s.startJoinService(ctx, t), true: s.startJoinServiceFor(ctx, t, bootOpts{integrity: true})}
 	for _, c := range []firstBootKill{
 		{name: "integrity/preparing", integrity: true, beforeEnrol: true,
 			at:     onLine(vmtest.Msg(msgPreparingNew), "Preparing new state disk"),
@@ -158,7 +159,7 @@ func TestCrashDuringFirstBoot(t *testing.T) {
 			at:     onLine(vmtest.Event("summary"), "summary line"),
 			window: "disk mapped, daemon exiting; before the init mounts it"},
 	} {
-		crashFirstBoot(ctx, t, s, js, c)
+		crashFirstBoot(ctx, t, s, jsFor[c.integrity], c)
 	}
 }
 

@@ -64,6 +64,20 @@ type boot struct {
 	node      *node
 	label     string
 	qemuStart time.Time
+	// measurements is the file of what this boot shows in PCRs 11, 12, 15.
+	measurements string
+}
+
+// bootCmdline is the kernel command line (beyond console, quiet, panic) of
+// a boot with o: the genuine node configuration, then o.extra.
+func bootCmdline(o bootOpts) []string {
+	cmdline := []string{
+		"dm.attestation=tpm",
+		"dm.join-ca=/etc/disk-mapper/ca.pem",
+		"dm.metadata-url=http://" + guestMetadataAddr,
+		"dm.integrity=" + strconv.FormatBool(o.integrity),
+	}
+	return append(cmdline, o.extra...)
 }
 
 func (n *node) boot(ctx context.Context, t *testing.T, o bootOpts) *boot {
@@ -80,13 +94,8 @@ func (n *node) boot(ctx context.Context, t *testing.T, o bootOpts) *boot {
 	if size == 0 {
 		size = diskSize
 	}
-	cmdline := []string{
-		"dm.attestation=tpm",
-		"dm.join-ca=/etc/disk-mapper/ca.pem",
-		"dm.metadata-url=http://" + guestMetadataAddr,
-		"dm.integrity=" + strconv.FormatBool(o.integrity),
-	}
-	cmdline = append(cmdline, o.extra...)
+	cmdline := bootCmdline(o)
+	measurements := n.s.mustMeasurements(t, o)
 	vm, err := vmtest.Boot(ctx, t, vmtest.Config{
 		Disk: n.disk, DiskSize: size, TPMStateDir: n.tpmDir,
 		Initrd: n.s.image.Initrd, Cmdline: cmdline, Forwards: forwards, Timeout: vmTimeout,
@@ -95,7 +104,7 @@ func (n *node) boot(ctx context.Context, t *testing.T, o bootOpts) *boot {
 	if err != nil {
 		t.Fatalf("%s %s: boot: %v", n.name, o.label, err)
 	}
-	b := &boot{VM: vm, node: n, label: n.name + " " + o.label, qemuStart: time.Now()}
+	b := &boot{VM: vm, node: n, label: n.name + " " + o.label, qemuStart: time.Now(), measurements: measurements}
 	t.Cleanup(func() {
 		scanBootForKeys(t, b)
 		if t.Failed() {

@@ -148,7 +148,7 @@ func TestAllJoinServicesDeadThenDmctlRecover(t *testing.T) {
 
 	b, waiting := deadBoot(ctx, t, n, uuid, bootOpts{label: "JoinService dead", extra: []string{"dm.pcr=15"}})
 	b.mustMsg(ctx, t, "Failed to rejoin on all endpoints")
-	push := s.dmctlRecover(ctx, t, s.masterSecret, b.RecoveryAddr())
+	push := s.dmctlRecover(ctx, t, s.masterSecret, b.measurements, b.RecoveryAddr())
 	if push.exitCode != 0 || !strings.Contains(push.stdout, "Pushed recovery key.") {
 		t.Fatalf("dmctl recover: exit %d, stdout %q", push.exitCode, push.stdout)
 	}
@@ -168,7 +168,7 @@ func TestWrongKeyThenRightKey(t *testing.T) {
 	js.stop()
 
 	b, waiting := deadBoot(ctx, t, n, uuid, bootOpts{label: "wrong key first", extra: []string{"dm.pcr=15"}})
-	wrong := s.dmctlRecover(ctx, t, s.wrongSecret, b.RecoveryAddr())
+	wrong := s.dmctlRecover(ctx, t, s.wrongSecret, b.measurements, b.RecoveryAddr())
 	if wrong.exitCode == 0 || !strings.Contains(wrong.stdout+wrong.stderr, "PermissionDenied") {
 		t.Fatalf("dmctl with another cluster's secret: exit %d, want non-zero and PermissionDenied; stderr %q", wrong.exitCode, wrong.stderr)
 	}
@@ -186,7 +186,7 @@ func TestWrongKeyThenRightKey(t *testing.T) {
 	default:
 	}
 
-	right := s.dmctlRecover(ctx, t, s.masterSecret, b.RecoveryAddr())
+	right := s.dmctlRecover(ctx, t, s.masterSecret, b.measurements, b.RecoveryAddr())
 	if right.exitCode != 0 || !strings.Contains(right.stdout, "Pushed recovery key.") {
 		t.Fatalf("dmctl recover with the right secret: exit %d, stdout %q", right.exitCode, right.stdout)
 	}
@@ -223,7 +223,7 @@ func TestQuorumLossOneRecoverForThreeNodes(t *testing.T) {
 			t.Errorf("%s: uuid %s, want %s", b.label, got, uuids[i])
 		}
 	}
-	push := s.dmctlRecover(ctx, t, s.masterSecret, endpoints...)
+	push := s.dmctlRecover(ctx, t, s.masterSecret, boots[0].measurements, endpoints...)
 	if push.exitCode != 0 || strings.Count(push.stdout, "Pushed recovery key.") != 3 {
 		t.Fatalf("dmctl recover of three nodes: exit %d, stdout %q", push.exitCode, push.stdout)
 	}
@@ -334,7 +334,7 @@ func TestIntegrityDiskFirstBootAndRejoin(t *testing.T) {
 	scenario(t)
 	s := getSuite(t)
 	ctx := scenarioContext(t)
-	js := s.startJoinService(ctx, t)
+	js := s.startJoinServiceFor(ctx, t, bootOpts{integrity: true})
 	n := s.newNode(ctx, t, "node-i")
 	o := bootOpts{label: "first boot, integrity", integrity: true, diskSize: integrityDiskSize,
 		extra: []string{"dm.write=i.txt:integrity-protected"}}

@@ -168,10 +168,17 @@ type joinService struct {
 
 func (s *suite) startJoinService(ctx context.Context, t *testing.T) *joinService {
 	t.Helper()
+	return s.startJoinServiceFor(ctx, t, bootOpts{})
+}
+
+// startJoinServiceFor starts a JoinService that accepts nodes booted like
+// o (its daemon flags: integrity, o.extra); o's test actions do not matter.
+func (s *suite) startJoinServiceFor(ctx context.Context, t *testing.T, o bootOpts) *joinService {
+	t.Helper()
 	p := startHostProc(t, "joinservice", s.bin.joinservice,
 		"--listen", "127.0.0.1:0", "--master-secret", s.masterSecret,
 		"--cert", s.joinCert, "--key", s.joinKey,
-		"--measurements", s.measurements, "--ak-roots", s.platformCA)
+		"--measurements", s.mustMeasurements(t, o), "--ak-roots", s.platformCA)
 	started, err := p.waitMsg(ctx, "Starting JoinService")
 	if err != nil {
 		t.Fatal(err)
@@ -255,10 +262,11 @@ type dmctlResult struct {
 }
 
 // dmctlRecover runs `dmctl recover -e A [-e B …]` with the cluster's (or
-// another) master secret, validating the nodes like the JoinService does.
-func (s *suite) dmctlRecover(ctx context.Context, t *testing.T, secret string, endpoints ...string) dmctlResult {
+// another) master secret, validating the nodes like the JoinService does
+// against the measurements file given (a boot's own: boot.measurements).
+func (s *suite) dmctlRecover(ctx context.Context, t *testing.T, secret, measurements string, endpoints ...string) dmctlResult {
 	t.Helper()
-	args := []string{"recover", "--master-secret", secret, "--measurements", s.measurements,
+	args := []string{"recover", "--master-secret", secret, "--measurements", measurements,
 		"--ak-roots", s.platformCA, "--timeout", "2m", "--client-cert", s.operatorCert, "--client-key", s.operatorKey}
 	for _, e := range endpoints {
 		args = append(args, "-e", e)

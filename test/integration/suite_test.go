@@ -4,10 +4,13 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -32,8 +35,10 @@ type suite struct {
 	joinCert, joinKey         string // the JoinService's certificate, from the CA in the image
 	operatorCert, operatorKey string // dmctl recover --client-cert/--client-key, from the same CA
 	image                     vmtest.Image
-	measurements              string // the image's measurements.json
 	expectedPCR15             string // hex: what a node of this cluster shows after marking
+
+	measurementsMu sync.Mutex
+	measurements   map[string]string // kernel command line → its measurements file
 }
 
 var (
@@ -81,7 +86,7 @@ func buildSuite(t *testing.T) (*suite, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &suite{dir: dir}
+	s := &suite{dir: dir, measurements: map[string]string{}}
 	binDir := filepath.Join(dir, "bin")
 	for _, b := range []struct {
 		dst *string
@@ -137,15 +142,66 @@ func buildSuite(t *testing.T) (*suite, error) {
 	}
 	s.image, err = vmtest.BuildInitrd(t, vmtest.ImageSpec{
 		DiskMapper: s.bin.diskMapper, DMMeasure: s.bin.dmMeasure, ConfigDir: configDir,
-		Out: filepath.Join(dir, "image", "initrd.cpio"),
+		Params: bootCmdline(bootOpts{}), Out: filepath.Join(dir, "image", "initrd.cpio"),
 	})
 	if err != nil {
 		return nil, err
 	}
-	s.measurements = filepath.Join(dir, "image", "measurements.json")
+	// The image build and the harness compute the same values (one Go
+	// implementation); a difference here is a broken build, not a test.
+	genuine, err := s.measurementsFor(bootOpts{})
+	if err != nil {
+		return nil, err
+	}
+	raw, err := os.ReadFile(genuine)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]string
+	if err := json.Unmarshal(raw, &m); err != nil || !maps.Equal(m, s.image.Measurements) {
+		return nil, fmt.Errorf("measurements.json of the image build %v, the harness computes %s (%v)", s.image.Measurements, raw, err)
+	}
 
 	s.expectedPCR15, err = expectedPCR15(s.masterSecret)
 	return s, err
+}
+
+// measurementsFor is the measurements file (PCRs 11, 12, 15) a boot with o
+// shows while it asks for keys: what a JoinService or dmctl that accepts
+// exactly that boot's configuration is given. It is computed from the image
+// tree and the boot's kernel command line with the code dm-measure runs in
+// the guest, never written down by hand.
+func (s *suite) measurementsFor(o bootOpts) (string, error) {
+	cmdline := bootCmdline(o)
+	key := strings.Join(cmdline, " ")
+	s.measurementsMu.Lock()
+	defer s.measurementsMu.Unlock()
+	if p, ok := s.measurements[key]; ok {
+		return p, nil
+	}
+	m, err := s.image.Expected(cmdline)
+	if err != nil {
+		return "", err
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(s.dir, fmt.Sprintf("measurements-%d.json", len(s.measurements)))
+	if err := os.WriteFile(p, raw, 0o644); err != nil {
+		return "", err
+	}
+	s.measurements[key] = p
+	return p, nil
+}
+
+func (s *suite) mustMeasurements(t *testing.T, o bootOpts) string {
+	t.Helper()
+	p, err := s.measurementsFor(o)
+	if err != nil {
+		t.Fatalf("expected measurements: %v", err)
+	}
+	return p
 }
 
 // expectedPCR15 is PCR 15 of a node of the cluster of secretPath after it

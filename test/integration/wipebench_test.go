@@ -40,7 +40,7 @@ func TestWipeThroughputVsRawWrite(t *testing.T) {
 	scenario(t)
 	s := getSuite(t)
 	ctx := scenarioContext(t)
-	js := s.startJoinService(ctx, t)
+	js := s.startJoinServiceFor(ctx, t, bootOpts{integrity: true})
 	n := s.newNode(ctx, t, "wipe-bench")
 	_, b := firstBootVM(ctx, t, n, js, bootOpts{label: "first boot, integrity + raw bench", integrity: true,
 		diskSize: benchDiskSize, secondDisk: filepath.Join(t.TempDir(), "scratch.img"), secondDiskSize: rawMiB << 20,

@@ -6,17 +6,25 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/diskmapper/disk-mapper/internal/attestation"
+	"github.com/diskmapper/disk-mapper/internal/measure"
 )
 
 // ImageSpec says what goes into a test initramfs (image/mkinitramfs.sh).
 type ImageSpec struct {
 	// DiskMapper is the binary the init runs as /bin/disk-mapper.
 	DiskMapper string
-	// DMMeasure is optional; without it the init does not measure into PCR 11.
+	// DMMeasure is the measurer the init runs the daemon through (required).
 	DMMeasure string
 	// ConfigDir is optional, copied to /etc/disk-mapper/ in the image.
 	ConfigDir string
+	// Params are the extra kernel parameters (Config.Cmdline) of the boot
+	// measurements.json is for: mkinitramfs.sh -p gets the whole command
+	// line Boot gives QEMU with them. Image.Expected computes any other boot's.
+	Params []string
 	// Out is the cpio path; measurements.json is written beside it.
 	Out string
 }
@@ -24,10 +32,23 @@ type ImageSpec struct {
 // Image is a built test initramfs.
 type Image struct {
 	Initrd string
-	// Measurements are the expected PCR values ("11", "15") as lowercase hex.
+	// Root is the image tree the cpio was made of (OUT-root/).
+	Root string
+	// Measurements are measurements.json: the expected PCR values ("11",
+	// "12", "15") as lowercase hex of a boot with ImageSpec.Params.
 	Measurements map[string]string
-	// Measured is true when the image's init measures disk-mapper into PCR 11.
-	Measured bool
+}
+
+// Expected is what a boot of img with the extra kernel parameters cmdline
+// (Config.Cmdline) shows in PCRs 11, 12 and 15 while it asks for keys,
+// computed by the code dm-measure runs in the guest (internal/measure),
+// on the kernel command line Boot gives QEMU.
+func (img Image) Expected(cmdline []string) (attestation.Measurements, error) {
+	events, err := measure.ExpectedBoot(img.Root, KernelCmdline(cmdline)).Events()
+	if err != nil {
+		return nil, err
+	}
+	return measure.Expected(events), nil
 }
 
 // FetchKernel runs image/fetch-kernel.sh (idempotent: milliseconds when
@@ -51,10 +72,8 @@ func BuildInitrd(t testing.TB, spec ImageSpec) (Image, error) {
 	if err != nil {
 		return Image{}, err
 	}
-	args := []string{filepath.Join(root, "image", "mkinitramfs.sh"), "-o", spec.Out}
-	if spec.DMMeasure != "" {
-		args = append(args, "-m", spec.DMMeasure)
-	}
+	args := []string{filepath.Join(root, "image", "mkinitramfs.sh"), "-o", spec.Out, "-m", spec.DMMeasure,
+		"-p", KernelCmdline(spec.Params)}
 	if spec.ConfigDir != "" {
 		args = append(args, "-c", spec.ConfigDir)
 	}
@@ -62,7 +81,7 @@ func BuildInitrd(t testing.TB, spec ImageSpec) (Image, error) {
 	if err := runLogged(t, root, nil, args...); err != nil {
 		return Image{}, err
 	}
-	img := Image{Initrd: spec.Out, Measured: spec.DMMeasure != ""}
+	img := Image{Initrd: spec.Out, Root: strings.TrimSuffix(spec.Out, ".cpio") + "-root"}
 	raw, err := os.ReadFile(filepath.Join(filepath.Dir(spec.Out), "measurements.json"))
 	if err != nil {
 		return Image{}, err

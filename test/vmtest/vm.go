@@ -154,7 +154,7 @@ func Boot(ctx context.Context, t testing.TB, cfg Config) (*VM, error) {
 		// but ~3.8 s faster than SeaBIOS + bzImage, and SeaBIOS + PVH + TPM breaks ACPI.
 		"-bios", "/usr/share/qemu/qboot.rom",
 		"-kernel", cfg.Kernel, "-initrd", cfg.Initrd,
-		"-append", strings.Join(append([]string{"console=ttyS0", "quiet", "panic=-1"}, cfg.Cmdline...), " "),
+		"-append", KernelCmdline(cfg.Cmdline),
 		"-serial", "file:" + filepath.Join(dir, "console.log"), // ttyS0: kernel console
 		"-serial", "stdio", // ttyS1: the JSON lines
 		"-drive", "if=none,id=state,format=raw,cache=unsafe,file=" + cfg.Disk,
@@ -423,6 +423,12 @@ func (vm *VM) cleanup(root string) {
 			vm.t.Logf("vmtest: artifacts in %s", dst)
 		}
 	}
+}
+
+// KernelCmdline is the kernel command line Boot gives a VM with the extra
+// parameters cmdline (Config.Cmdline).
+func KernelCmdline(cmdline []string) string {
+	return strings.Join(append([]string{"console=ttyS0", "quiet", "panic=-1"}, cmdline...), " ")
 }
 
 // ensureDisk creates a sparse raw disk of size bytes if path does not exist.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 
 	"github.com/diskmapper/disk-mapper/internal/attestation"
+	"github.com/diskmapper/disk-mapper/internal/constants"
 	"github.com/diskmapper/disk-mapper/internal/logging"
 	"github.com/spf13/afero"
 	"go.uber.org/zap"
@@ -21,15 +22,20 @@ type Flags struct {
 	AKRoots                string // PEM platform CA(s) that certify nodes' AKs
 	TrustAnyAK             bool   // development: accept quotes by any AK
 	InsecureDevAttestation bool   // development: accept nodes without a TPM
+	// AllowPartialMeasurements (development) accepts a measurements file
+	// that leaves some of constants.RequiredPCRs unpinned.
+	AllowPartialMeasurements bool
 }
 
-// Register adds --measurements, --ak-roots, --insecure-trust-any-ak and
-// --insecure-dev-attestation to fl.
+// Register adds --measurements, --ak-roots, --insecure-trust-any-ak,
+// --insecure-dev-attestation and --allow-partial-measurements to fl.
 func (f *Flags) Register(fl *flag.FlagSet) {
 	fl.StringVar(&f.Measurements, "measurements", "", "expected PCR values of the nodes' image (JSON)")
 	fl.StringVar(&f.AKRoots, "ak-roots", "", "PEM file with the platform CA(s) that certify the nodes' attestation keys")
 	fl.BoolVar(&f.TrustAnyAK, "insecure-trust-any-ak", false, "DEVELOPMENT ONLY: accept TPM quotes by any attestation key")
 	fl.BoolVar(&f.InsecureDevAttestation, "insecure-dev-attestation", false, "DEVELOPMENT ONLY: accept nodes without a TPM")
+	fl.BoolVar(&f.AllowPartialMeasurements, "allow-partial-measurements", false,
+		fmt.Sprintf("DEVELOPMENT ONLY: accept a --measurements file without all of PCRs %v (unpinned PCRs then accept any value)", constants.RequiredPCRs()))
 }
 
 // Validator builds the validator the flags select: the TPM validator with
@@ -53,6 +59,15 @@ func (f Flags) Validator(fs afero.Fs, log *zap.Logger) (attestation.Validator, e
 	measurements, err := attestation.LoadMeasurements(fs, f.Measurements)
 	if err != nil {
 		return nil, err
+	}
+	if missing := measurements.Missing(constants.RequiredPCRs()); len(missing) > 0 {
+		if !f.AllowPartialMeasurements {
+			return nil, fmt.Errorf("--measurements %s does not pin PCRs %v (the image's PCR map needs %v; docs/pcr-map.md): "+
+				"a node with any value there would be accepted (--allow-partial-measurements for development)",
+				f.Measurements, missing, constants.RequiredPCRs())
+		}
+		log.Warn("Measurements leave PCRs unpinned: nodes with ANY value there are accepted (--allow-partial-measurements): development only",
+			logging.Event("partial_measurements"), zap.String("file", f.Measurements), zap.Any("missing", missing))
 	}
 	cfg := attestation.ValidatorConfig{Measurements: measurements, TrustAnyAK: f.TrustAnyAK, Log: log}
 	if f.AKRoots != "" {

@@ -67,8 +67,8 @@ func run(log *zap.Logger, args []string) int {
 	return 0
 }
 
-// logTPM reads PCR 11 and 15 so the harness can check the init's
-// measurement against build/image/measurements.json.
+// logTPM reads PCRs 11, 12 and 15 so the harness can check the init's
+// measurements against what it computed for the boot (Image.Expected).
 func logTPM(log *zap.Logger, device string) error {
 	tpm, err := linuxtpm.Open(device)
 	if err != nil {
@@ -76,18 +76,19 @@ func logTPM(log *zap.Logger, device string) error {
 	}
 	defer tpm.Close()
 	sel := tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{
-		Hash: tpm2.TPMAlgSHA256, PCRSelect: tpm2.PCClientCompatible.PCRs(constants.PCRImage, constants.PCRClusterID),
+		Hash: tpm2.TPMAlgSHA256, PCRSelect: tpm2.PCClientCompatible.PCRs(constants.PCRImage, constants.PCRConfig, constants.PCRClusterID),
 	}}}
 	rsp, err := tpm2.PCRRead{PCRSelectionIn: sel}.Execute(tpm)
 	if err != nil {
 		return fmt.Errorf("PCRRead: %w", err)
 	}
-	if len(rsp.PCRValues.Digests) != 2 {
-		return fmt.Errorf("PCRRead returned %d digests, want 2", len(rsp.PCRValues.Digests))
+	if len(rsp.PCRValues.Digests) != 3 {
+		return fmt.Errorf("PCRRead returned %d digests, want 3", len(rsp.PCRValues.Digests))
 	}
 	log.Info("TPM present", logging.Event("tpm"), zap.String("device", device),
 		zap.String("pcr11", fmt.Sprintf("%x", rsp.PCRValues.Digests[0].Buffer)),
-		zap.String("pcr15", fmt.Sprintf("%x", rsp.PCRValues.Digests[1].Buffer)))
+		zap.String("pcr12", fmt.Sprintf("%x", rsp.PCRValues.Digests[1].Buffer)),
+		zap.String("pcr15", fmt.Sprintf("%x", rsp.PCRValues.Digests[2].Buffer)))
 	return nil
 }
 
