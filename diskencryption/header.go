@@ -24,7 +24,7 @@ const (
 	// digestIterations is what libcryptsetup writes for the volume-key
 	// digest when the PBKDF has CRYPT_PBKDF_NO_BENCHMARK (its minimum).
 	digestIterations = 1000
-	afStripes          = 4000
+	afStripes        = 4000
 	// maxSegmentOffset bounds where the data may start. We write 16 MiB;
 	// a far larger offset is not ours.
 	maxSegmentOffset = 256 << 20
