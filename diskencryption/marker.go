@@ -7,14 +7,16 @@ import (
 	"os"
 )
 
-// The format marker closes the one crash window libcryptsetup leaves:
+// The format marker closes the crash windows libcryptsetup leaves:
 // crypt_format first fills the keyslot area with random bytes and (with
-// integrity) formats dm-integrity, and only then writes the header. A crash
-// in between would leave random data and no header, which ProbeDevice must
-// otherwise call foreign (never formatted, operator needed). So Format
-// first writes this marker into the last 4 KiB (inside the data area, where
-// no other software puts anything recognisable), and clears it once the
-// header carries the "formatting" token.
+// integrity) formats dm-integrity, and only then writes the header, and
+// that header has no keyslot and no token of ours until Format adds them.
+// A crash in between would leave random data and no header, or a header
+// anyone could have made, which ProbeDevice must otherwise call foreign
+// (never formatted, operator needed). So Format first writes this marker
+// into the last 4 KiB (inside the data area, where no other software puts
+// anything recognisable), and clears it once the header carries the
+// "formatting" token.
 const formatMarkerSize = 4096
 
 var formatMarkerText = []byte("disk-mapper: LUKS2 format in progress; nothing on this disk is readable\n")
