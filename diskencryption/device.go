@@ -14,6 +14,12 @@ type Device struct {
 	path string
 	uuid string
 	dev  *cryptsetup.Device // nil once closed; guarded by libMu
+	// pin is the header this Device stands for (see pin.go): set from the
+	// handle that Format wrote with, or from what Open loaded, and moved on
+	// only by EnrollKey's own write. Every key operation checks the handle
+	// against it, so a header the host swapped in after Format (or after
+	// Open) is refused even if it passes the allow-list.
+	pin *headerPin
 }
 
 // errClosed is returned by methods of a closed Device.
@@ -29,7 +35,13 @@ func Open(path string) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Device{path: path, uuid: strings.ToLower(dev.GetUUID()), dev: dev}, nil
+	d := &Device{path: path, uuid: strings.ToLower(dev.GetUUID()), dev: dev}
+	// Unparsable metadata leaves no pin; verification then fails closed
+	// (and names the parse error first).
+	if m, err := d.metadataLocked(); err == nil {
+		d.pin, _ = newPin(d.uuid, m)
+	}
+	return d, nil
 }
 
 // loadLUKS2 must be called with libMu held.
@@ -66,7 +78,8 @@ func (d *Device) Path() string { return d.path }
 // UUID is the header's UUID in lower case (the form keys are derived from).
 func (d *Device) UUID() string { return d.uuid }
 
-// VerifyHeader checks the header against the allow-list (see header.go).
+// VerifyHeader checks the header against the allow-list (see header.go)
+// and against the header this Device was opened or formatted with (pin.go).
 // A *HeaderError says which field is wrong.
 func (d *Device) VerifyHeader() error {
 	lockLib()
@@ -79,7 +92,19 @@ func (d *Device) verifyHeaderLocked() error {
 	if err != nil {
 		return err
 	}
-	return verifyMetadata(m)
+	return d.verifyPinned(strings.ToLower(d.dev.GetUUID()), m)
+}
+
+// verifyPinned runs the allow-list and then the pin on metadata m of a
+// header with uuid, wherever it was loaded.
+func (d *Device) verifyPinned(uuid string, m *metadata) error {
+	if err := verifyMetadata(m); err != nil {
+		return err
+	}
+	if d.pin == nil {
+		return errors.New("LUKS2 header identity was never pinned; refusing to use it")
+	}
+	return d.pin.check(uuid, m)
 }
 
 func (d *Device) metadataLocked() (*metadata, error) {

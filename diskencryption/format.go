@@ -35,26 +35,36 @@ const wipeBlockSize = 8 << 20
 // Format writes a fresh LUKS2 header to path (aes-xts-plain64, 4096-byte
 // sectors, random volume key) with one PBKDF2 keyslot opened by passphrase.
 //
-// Crash safety, step by step (what ProbeDevice sees after a crash):
-//  0. the format marker goes into the last 4 KiB (marker.go) →
-//     KindBlank ("interrupted format") while no LUKS2 header loads.
-//  1. crypt_format fills the keyslot area with random bytes, formats
-//     dm-integrity (Integrity), then writes a header with no keyslot and no
-//     token → before the header: the marker rule; after: LUKS2 without
-//     keyslots, which no key can ever open, reported as StateFormatting.
+// Crash safety, step by step (what ProbeDevice sees after a crash). The
+// disk may start out zero, or hold what an earlier attempt left (an
+// integrity wipe leaves ciphertext everywhere, the last MiB included):
+//  0. the format marker goes into the last 4 KiB (marker.go). An old header
+//     of ours that never reached "initialized" still loads and decides
+//     (formatting or keyed).
+//  1. crypt_format zeroes the header areas, fills the keyslot area with
+//     random bytes, formats dm-integrity (Integrity), then writes a header
+//     with no keyslot and no token → before the header: no header loads,
+//     the marker makes it KindBlank ("interrupted format"); after: LUKS2
+//     without keyslots or token plus the marker, StateFormatting.
 //  2. the state token "formatting" → StateFormatting; then the marker is
 //     cleared.
 //  3. the keyslot → StateFormatting.
 //  4. (Integrity) activate, wipe, deactivate → StateFormatting.
 //
-// At no step can the disk look keyed or initialized, so the next boot
-// formats it again. The caller moves the state on (SetState) after
-// enrolling the cluster key.
+// At no step can the disk look keyed or initialized, nor foreign, so the
+// next boot formats it again. The caller moves the state on (SetState)
+// after enrolling the cluster key.
+//
+// The returned Device pins the header it wrote (pin.go): EnrollKey, CheckKey
+// and Activate refuse any other header found on the disk later.
 func Format(path string, opts FormatOptions, passphrase []byte) (*Device, error) {
 	if err := checkKeyShape(passphrase); err != nil {
 		return nil, err
 	}
 	if err := setFormatMarker(path, true); err != nil {
+		return nil, err
+	}
+	if err := formatCrash("marker"); err != nil {
 		return nil, err
 	}
 	lockLib()
@@ -90,6 +100,9 @@ func Format(path string, opts FormatOptions, passphrase []byte) (*Device, error)
 	if err := dev.Format(params, cryptsetup.GenericParams{Cipher: cipher, CipherMode: mode, VolumeKeySize: volumeKeySize}); err != nil {
 		return nil, fmt.Errorf("formatting %s as LUKS2: %w", path, err)
 	}
+	if err := formatCrash("header"); err != nil {
+		return nil, err
+	}
 	tokenJSON, err := stateTokenJSON(StateFormatting)
 	if err != nil {
 		return nil, err
@@ -97,14 +110,23 @@ func Format(path string, opts FormatOptions, passphrase []byte) (*Device, error)
 	if _, err := dev.TokenJSONSet(cryptsetup.CRYPT_ANY_TOKEN, tokenJSON); err != nil {
 		return nil, fmt.Errorf("writing state token: %w", err)
 	}
+	if err := formatCrash("token"); err != nil {
+		return nil, err
+	}
 	// The header now says "formatting" itself. Clear the marker before
 	// dm-integrity owns the end of the disk (the wipe then covers it).
 	if err := setFormatMarker(path, false); err != nil {
 		return nil, err
 	}
+	if err := formatCrash("marker cleared"); err != nil {
+		return nil, err
+	}
 	// An empty volume key means: the one crypt_format generated.
 	if err := dev.KeyslotAddByVolumeKey(cryptsetup.CRYPT_ANY_SLOT, "", keyString(passphrase)); err != nil {
 		return nil, fmt.Errorf("adding keyslot: %w", err)
+	}
+	if err := formatCrash("keyslot"); err != nil {
+		return nil, err
 	}
 	d.uuid = strings.ToLower(dev.GetUUID())
 	if opts.Integrity {
@@ -112,14 +134,27 @@ func Format(path string, opts FormatOptions, passphrase []byte) (*Device, error)
 			return nil, err
 		}
 	}
+	// Pin the header from the handle that wrote it, before anything is
+	// read back from the disk the host controls.
+	if err := d.pinFromHandleLocked(); err != nil {
+		return nil, err
+	}
 	// Reload so that the volume key crypt_format kept in the handle is
-	// cleared (crypt_free zeroes it) instead of living as long as d.
+	// cleared (crypt_free zeroes it) instead of living as long as d. The
+	// reloaded copy is the one later calls use, so it must be the pinned one.
 	if err := d.reloadLocked(); err != nil {
 		return nil, err
+	}
+	if err := d.verifyHeaderLocked(); err != nil {
+		return nil, fmt.Errorf("header right after formatting: %w", err)
 	}
 	ok = true
 	return d, nil
 }
+
+// formatCrash lets a test stop Format after each durable step, as a power
+// cut would.
+var formatCrash = func(step string) error { return nil }
 
 // wipeLocked zeroes the whole mapped device once, so that every sector has a
 // valid integrity tag (reading a never-written sector would fail). Guest

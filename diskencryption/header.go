@@ -21,7 +21,10 @@ const (
 	kdfType            = "pbkdf2"
 	kdfHash            = "sha256"
 	kdfIterations      = 1000 // libcryptsetup's minimum; the keys are random 256-bit secrets
-	afStripes          = 4000
+	// digestIterations is what libcryptsetup writes for the volume-key
+	// digest when the PBKDF has CRYPT_PBKDF_NO_BENCHMARK (its minimum).
+	digestIterations = 1000
+	afStripes        = 4000
 	// maxSegmentOffset bounds where the data may start. We write 16 MiB;
 	// a far larger offset is not ours.
 	maxSegmentOffset = 256 << 20
@@ -214,7 +217,9 @@ func verifyKeyslots(keyslots map[string]json.RawMessage, volumeKeySize int, area
 		if err := stringIs(p+".kdf.hash", kdf["hash"], kdfHash); err != nil {
 			return err
 		}
-		if err := numberAtLeast(p+".kdf.iterations", kdf["iterations"], kdfIterations); err != nil {
+		// Exactly Format's count: the KDF runs on every key check with the
+		// library lock held, so a larger count is a lock-out, not hardening.
+		if err := numberIs(p+".kdf.iterations", kdf["iterations"], kdfIterations); err != nil {
 			return err
 		}
 	}
@@ -268,7 +273,9 @@ func verifyDigests(digests map[string]json.RawMessage, keyslotIDs []string) erro
 	if err := stringIs(p+".hash", d["hash"], kdfHash); err != nil {
 		return err
 	}
-	if err := numberAtLeast(p+".iterations", d["iterations"], kdfIterations); err != nil {
+	// The digest runs after every keyslot decryption, right or wrong key:
+	// it must cost exactly what Format's costs.
+	if err := numberIs(p+".iterations", d["iterations"], digestIterations); err != nil {
 		return err
 	}
 	var keyslots, segments []string
@@ -335,14 +342,6 @@ func numberIs(path string, raw json.RawMessage, want int) error {
 	var n int
 	if err := json.Unmarshal(raw, &n); err != nil || n != want {
 		return refuse(path, abbreviate(string(raw)), strconv.Itoa(want))
-	}
-	return nil
-}
-
-func numberAtLeast(path string, raw json.RawMessage, min int) error {
-	var n int
-	if err := json.Unmarshal(raw, &n); err != nil || n < min {
-		return refuse(path, abbreviate(string(raw)), fmt.Sprintf("a number >= %d", min))
 	}
 	return nil
 }

@@ -171,6 +171,20 @@ func TestVerifyMetadataRefusesEditedJSON(t *testing.T) {
 			},
 			wantField: "tokens",
 		},
+		"keyslot PBKDF2 iterations 2^31 (hours per key check)": {
+			edit:      func(m map[string]any) { slot(m)["kdf"].(map[string]any)["iterations"] = 1 << 31 },
+			wantField: "keyslots.0.kdf.iterations",
+		},
+		"keyslot PBKDF2 iterations one above Format's": {
+			edit:      func(m map[string]any) { slot(m)["kdf"].(map[string]any)["iterations"] = kdfIterations + 1 },
+			wantField: "keyslots.0.kdf.iterations",
+		},
+		"digest iterations 2^31 (runs after every keyslot decryption)": {
+			edit: func(m map[string]any) {
+				m["digests"].(map[string]any)["0"].(map[string]any)["iterations"] = 1 << 31
+			},
+			wantField: "digests.0.iterations",
+		},
 		"no keyslot": {
 			edit:      func(m map[string]any) { m["keyslots"] = map[string]any{} },
 			wantField: "keyslots",

@@ -41,12 +41,15 @@ var (
 //
 // KindBlank: the first and last MiB are zero, no LUKS header is anywhere a
 // LUKS2 header can be, and libcryptsetup loads nothing. Also KindBlank, with
-// a Reason: no header loads and the last MiB holds only Format's marker (a
-// format that crashed before its header was written; see marker.go).
+// a Reason: no header loads and the last 4 KiB are Format's marker (a
+// format that crashed before its header was written; see marker.go for
+// what else the disk may then hold).
 // KindLUKS2: libcryptsetup loads a LUKS2 header; State is our token's state.
-// One exception: a LUKS2 header with no keyslot and no token at all is what
-// an interrupted Format leaves (see Format); no key can open it, so it holds
-// no data, and it is reported as StateFormatting with a Reason.
+// One exception: a LUKS2 header with no keyslot and no token at all, on a
+// disk that carries the format marker, is what Format leaves between
+// crypt_format and its token; no key can open it, so it holds no data, and
+// it is reported as StateFormatting with a Reason. Without the marker such
+// a header is someone else's (anyone can make one), so it is foreign.
 // KindForeign: anything else (LUKS1, a file system, a partition table,
 // other data, an unloadable or doubtful LUKS2 header, a device below
 // MinDeviceSize), with a Reason. Never format it.
@@ -79,11 +82,15 @@ func ProbeDevice(path string) (Probe, error) {
 		return foreign("LUKS1 header (version 1); only LUKS2 is supported"), nil
 	}
 	hasLUKS := bytes.HasPrefix(head, luksMagic) || hasSecondaryLUKS(head)
-	loaded, loadErr := probeHeaderCopy(head)
+	marker := hasFormatMarker(tail)
+	loaded, loadErr := probeHeaderCopy(head, marker)
 	if loadErr == nil {
 		return loaded, nil
 	}
-	if hasOnlyFormatMarker(tail) {
+	if marker {
+		if sig := knownSignature(head, tail); sig != "" {
+			return foreign("format marker at the end, but a %s at the front: not a disk-mapper format", sig), nil
+		}
 		return Probe{Kind: KindBlank, Reason: "an interrupted disk-mapper format (format marker, no loadable header); nothing on it is readable"}, nil
 	}
 	if hasLUKS {
@@ -116,7 +123,8 @@ func hasSecondaryLUKS(head []byte) bool {
 
 // probeHeaderCopy writes head to a temporary file and lets libcryptsetup
 // load that. An error means libcryptsetup did not load a LUKS2 header.
-func probeHeaderCopy(head []byte) (Probe, error) {
+// marker says whether the device carries the format marker.
+func probeHeaderCopy(head []byte, marker bool) (Probe, error) {
 	tmp, err := os.CreateTemp("", "disk-mapper-probe-*")
 	if err != nil {
 		return Probe{}, err
@@ -155,9 +163,11 @@ func probeHeaderCopy(head []byte) (Probe, error) {
 		return foreign("LUKS2 header with a doubtful %s token: %v", constants.LUKSTokenType, err), nil
 	case state != StateNone:
 		p.State = state
-	case len(m.keyslots) == 0 && len(m.tokens) == 0:
+	case len(m.keyslots) == 0 && len(m.tokens) == 0 && marker:
 		p.State = StateFormatting
-		p.Reason = "LUKS2 header without keyslots or state token (an interrupted format); no key can open it"
+		p.Reason = "LUKS2 header without keyslots or state token, and the format marker (an interrupted format); no key can open it"
+	case len(m.keyslots) == 0 && len(m.tokens) == 0:
+		return foreign("LUKS2 header without keyslots or %s token, and no format marker: not a disk-mapper format", constants.LUKSTokenType), nil
 	default:
 		p.Reason = "LUKS2 header without a " + constants.LUKSTokenType + " token"
 	}

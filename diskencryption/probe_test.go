@@ -103,14 +103,25 @@ func TestProbeDevice(t *testing.T) {
 			wantKind:   KindBlank,
 			wantReason: "interrupted disk-mapper format",
 		},
+		// What an earlier attempt's integrity wipe leaves next to the marker
+		// of a re-format (probe_reformat_test.go has the whole sequence).
 		"format marker plus other data at the end": {
 			make: func(t *testing.T) string {
 				p := markedDisk(t)
 				testutil.WriteAt(t, p, testDiskSize-(1<<20), []byte("data"))
 				return p
 			},
+			wantKind:   KindBlank,
+			wantReason: "interrupted disk-mapper format",
+		},
+		"format marker behind an ext4 superblock": {
+			make: func(t *testing.T) string {
+				p := markedDisk(t)
+				testutil.WriteAt(t, p, 1024+56, []byte{0x53, 0xEF})
+				return p
+			},
 			wantKind:   KindForeign,
-			wantReason: "last MiB",
+			wantReason: "ext2/3/4",
 		},
 		"LUKS1": {
 			make:       func(t *testing.T) string { return cliLUKS1(t, pass) },
@@ -132,10 +143,24 @@ func TestProbeDevice(t *testing.T) {
 			wantKind:   KindLUKS2,
 			wantReason: "without a disk-mapper-state token",
 		},
-		"LUKS2 without keyslots or token (interrupted format)": {
+		// Anyone can make such a header; only our marker says it is the
+		// crypt_format step of an interrupted Format.
+		"LUKS2 without keyslots or token, no marker (not ours)": {
 			make: func(t *testing.T) string {
 				p := cliFormat(t, pass)
 				testutil.CryptsetupCLI(t, nil, "luksKillSlot", "-q", p, "0")
+				return p
+			},
+			wantKind:   KindForeign,
+			wantReason: "no format marker",
+		},
+		"LUKS2 without keyslots or token, with the marker (interrupted format)": {
+			make: func(t *testing.T) string {
+				p := cliFormat(t, pass)
+				testutil.CryptsetupCLI(t, nil, "luksKillSlot", "-q", p, "0")
+				if err := setFormatMarker(p, true); err != nil {
+					t.Fatal(err)
+				}
 				return p
 			},
 			wantKind:   KindLUKS2,

@@ -3,6 +3,7 @@ package setup
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"time"
 
@@ -51,12 +52,18 @@ func (m *Manager) prepareNew(ctx context.Context, why string) (Summary, error) {
 	defer res.Key.Zero()
 
 	if err := disk.EnrollKey(tempKey, res.Key.DiskKey); err != nil {
+		if errors.Is(err, diskencryption.ErrHeaderRefused) {
+			return Summary{}, m.refuseRewrittenHeader(ctx, uuid, "enrolling the cluster key", err)
+		}
 		return Summary{}, fmt.Errorf("enrolling cluster key: %w", err)
 	}
 	if err := disk.SetState(diskencryption.StateKeyed); err != nil {
 		return Summary{}, err
 	}
 	if err := disk.Activate(m.cfg.MappingName, res.Key.DiskKey); err != nil {
+		if errors.Is(err, diskencryption.ErrHeaderRefused) {
+			return Summary{}, m.refuseRewrittenHeader(ctx, uuid, "mapping the disk", err)
+		}
 		return Summary{}, fmt.Errorf("mapping state disk: %w", err)
 	}
 	if err := m.mounter.MakeFilesystem(m.cfg.MappedDevice); err != nil {
@@ -76,6 +83,15 @@ func (m *Manager) prepareNew(ctx context.Context, why string) (Summary, error) {
 		return Summary{}, err
 	}
 	return Summary{UUID: uuid, NewDisk: true, Race: res}, nil
+}
+
+// refuseRewrittenHeader: the header is no longer the one this node formatted
+// (or fails the allow-list): the host rewrote it during the key wait. That
+// is attacker input like a bad header on an existing disk, so the node
+// waits for an operator instead of exiting into a reformat loop the host
+// could steer; the reason names the field.
+func (m *Manager) refuseRewrittenHeader(ctx context.Context, uuid, step string, err error) error {
+	return m.waitRefused(ctx, uuid, "LUKS2 header changed after this node formatted it, refused before "+step+": "+err.Error())
 }
 
 func (m *Manager) writeState(s NodeState) error {
