@@ -40,6 +40,10 @@ func newNode(o options, log *zap.Logger) (*node, error) {
 		}
 	}
 
+	// Anyone who reaches port 9999 can ask for a quote: the RecoveryServer's
+	// are bounded and queue behind the RejoinClient's.
+	recoveryIssuer := attestation.NewBackgroundIssuer(issuer, attestation.QuoteLimits{})
+
 	var joinCA *x509.CertPool
 	if o.joinCA != "" {
 		pem, err := os.ReadFile(o.joinCA)
@@ -72,7 +76,7 @@ func newNode(o options, log *zap.Logger) (*node, error) {
 			// The rejoin path goes on without the listener.
 			log.Error("Cannot listen for recovery", zap.String("addr", o.recoveryAddr), zap.Error(err))
 		} else {
-			creds := atls.NewCredentials(atls.Config{Issuer: issuer, RootCAs: rootsFor(mode, joinCA),
+			creds := atls.NewCredentials(atls.Config{Issuer: recoveryIssuer, RootCAs: rootsFor(mode, joinCA),
 				HandshakeTimeout: constants.RecoveryHandshakeTimeout, Log: log.Named("atls")})
 			out = append(out, recoveryserver.New(recoveryserver.Config{
 				DiskUUID: uuid, Listener: lis, Credentials: creds, Log: log.Named(constants.LoggerRecoveryServer),
