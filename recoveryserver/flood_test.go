@@ -84,6 +84,17 @@ func (n *tpmNode) rejoinQuote(t testing.TB) time.Duration {
 // server ask its TPM for a quote. They send nothing else.
 func floodTLS(tb testing.TB, addr string, n int, pace time.Duration) []net.Conn {
 	tb.Helper()
+	return floodTLSPaced(tb, addr, n, pace, func() {})
+}
+
+// floodTLSWith is floodTLS, all at once, calling up after each handshake.
+func floodTLSWith(tb testing.TB, addr string, n int, up func()) []net.Conn {
+	tb.Helper()
+	return floodTLSPaced(tb, addr, n, 0, up)
+}
+
+func floodTLSPaced(tb testing.TB, addr string, n int, pace time.Duration, up func()) []net.Conn {
+	tb.Helper()
 	cfg := &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"}}
 	var mu sync.Mutex
 	var conns []net.Conn
@@ -98,6 +109,7 @@ func floodTLS(tb testing.TB, addr string, n int, pace time.Duration) []net.Conn 
 			mu.Lock()
 			conns = append(conns, c)
 			mu.Unlock()
+			up()
 		})
 		if pace > 0 {
 			time.Sleep(pace)

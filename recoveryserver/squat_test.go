@@ -8,11 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diskmapper/disk-mapper/recoverproto"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"github.com/diskmapper/disk-mapper/recoverproto"
 )
 
 // Issue 9 item 3: idle streams must not lock the operator out. A squatter is
