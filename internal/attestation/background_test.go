@@ -7,6 +7,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -44,6 +45,14 @@ func TestBackgroundIssuerFailsFastAtItsLimits(t *testing.T) {
 	inner := &blockingIssuer{entered: make(chan struct{}, 8), release: make(chan struct{})}
 	bg := NewBackgroundIssuer(inner, QuoteLimits{MaxConcurrent: 3, MaxPerSource: 2})
 	from := func(src string) context.Context { return WithQuoteSource(context.Background(), src) }
+	// A quote over a limit must fail at once; without limits it would wait
+	// for the blocked ones, and the guard turns that hang into a failure.
+	overLimit := func(src string) error {
+		ctx, cancel := context.WithTimeout(from(src), 2*time.Second)
+		defer cancel()
+		_, err := bg.Issue(ctx, nil)
+		return err
+	}
 
 	var wg sync.WaitGroup
 	start := func(src string) {
@@ -57,13 +66,13 @@ func TestBackgroundIssuerFailsFastAtItsLimits(t *testing.T) {
 	start("192.0.2.1")
 	start("192.0.2.1")
 	// A third from the same source is over its per-source cap, at once.
-	if _, err := bg.Issue(from("192.0.2.1"), nil); !errors.Is(err, ErrQuoteBusy) {
-		t.Fatalf("third quote from one source: %v, want ErrQuoteBusy", err)
+	if err := overLimit("192.0.2.1"); !errors.Is(err, ErrQuoteBusy) {
+		t.Errorf("third quote from one source: %v, want ErrQuoteBusy", err)
 	}
 	start("192.0.2.2")
 	// The total is full: another source is refused too, at once.
-	if _, err := bg.Issue(from("192.0.2.3"), nil); !errors.Is(err, ErrQuoteBusy) {
-		t.Fatalf("quote over the total: %v, want ErrQuoteBusy", err)
+	if err := overLimit("192.0.2.3"); !errors.Is(err, ErrQuoteBusy) {
+		t.Errorf("quote over the total: %v, want ErrQuoteBusy", err)
 	}
 	close(inner.release)
 	wg.Wait()
