@@ -21,89 +21,167 @@ import (
 // connection's transport is up, which is how a connection is marked as past
 // its handshake.
 //
-// At the bound a new connection is not refused but evicts the oldest
-// connection that is still in its handshake, or else the oldest one with no
-// RPC in flight: otherwise a handful of silent or idle peers, reconnecting
-// as they time out, could keep the operator out for as long as they liked.
-// Only when every connection is busy with an RPC is the newcomer refused.
+// At a bound a new connection is not refused but evicts one, chosen in this
+// order (oldest first within each class):
+//
+//  1. a connection that has produced no useful message: still in its
+//     handshake, or established with no stream, or holding streams that
+//     sent nothing valid. This is what a squatter looks like, and the
+//     operator's connection looks like this only for the milliseconds
+//     between its handshake and its first message, while it is the
+//     youngest of its class;
+//  2. one that sent something useful before but has no RPC in flight now;
+//  3. one whose streams sent a measurement_secret but no key yet (a
+//     32-byte secret cannot be told from a forged one).
+//
+// A connection whose stream delivered a key (waiting for or running the
+// check) is never evicted; only when every connection is in that state is
+// the newcomer refused. Otherwise a handful of silent or idle peers,
+// reconnecting as they time out, could keep the operator out for as long as
+// they liked.
+//
+// The bounds are the total (maxConns) and the connections of one source IP
+// (maxPerIP); a newcomer over its IP's bound evicts one of that IP's
+// connections, so one IP cannot push another's out. The host controls the
+// network and can speak from any number of addresses, so the per-IP bound
+// is a mitigation; the eviction order is what keeps the operator's push
+// possible.
 type trackedListener struct {
 	net.Listener
 	maxConns int
+	maxPerIP int
 	log      *zap.Logger
 
 	mu      sync.Mutex
 	closing bool                    // no new connection is served
 	conns   map[string]*trackedConn // by remote address, unique per listener
-	seq     uint64                  // accept order, to find the oldest
+	perIP   map[string]int
+	seq     uint64 // accept order, to find the oldest
 }
 
-func newTrackedListener(l net.Listener, maxConns int, log *zap.Logger) *trackedListener {
-	return &trackedListener{Listener: l, maxConns: maxConns, log: log, conns: map[string]*trackedConn{}}
+func newTrackedListener(l net.Listener, maxConns, maxPerIP int, log *zap.Logger) *trackedListener {
+	return &trackedListener{Listener: l, maxConns: maxConns, maxPerIP: maxPerIP, log: log,
+		conns: map[string]*trackedConn{}, perIP: map[string]int{}}
 }
 
-// Accept returns the next connection. Connections beyond the bound, or
-// accepted while the server shuts down, are closed and skipped.
+// Accept returns the next connection. Connections beyond the bounds that
+// can evict nobody, or accepted while the server shuts down, are closed and
+// skipped.
 func (l *trackedListener) Accept() (net.Conn, error) {
 	for {
 		raw, err := l.Listener.Accept()
 		if err != nil {
 			return nil, err
 		}
-		c := &trackedConn{Conn: raw, owner: l, key: raw.RemoteAddr().String(), closed: make(chan struct{})}
+		key := raw.RemoteAddr().String()
+		c := &trackedConn{Conn: raw, owner: l, key: key, ip: ipOf(key), closed: make(chan struct{})}
 		l.mu.Lock()
-		var victim *trackedConn
-		victimEstablished := false
-		refuse := l.closing
+		var victims []eviction
+		refuse, reason := l.closing, ""
+		if !refuse && l.perIP[c.ip] >= l.maxPerIP {
+			reason = "too many open connections from one address"
+			if v := l.evictableLocked(func(o *trackedConn) bool { return o.ip == c.ip }); v != nil {
+				victims = append(victims, l.evictLocked(v, reason))
+			} else {
+				refuse = true
+			}
+		}
 		if !refuse && len(l.conns) >= l.maxConns {
-			victim = l.evictableLocked()
-			refuse = victim == nil
-			victimEstablished = victim != nil && victim.established
+			reason = "too many open connections"
+			if v := l.evictableLocked(func(*trackedConn) bool { return true }); v != nil {
+				victims = append(victims, l.evictLocked(v, reason))
+			} else {
+				refuse = true
+			}
 		}
 		if !refuse {
 			l.seq++
 			c.seq = l.seq
 			l.conns[c.key] = c
+			l.perIP[c.ip]++
 		}
 		closing := l.closing
 		l.mu.Unlock()
-		if victim != nil {
-			l.log.Warn("Evicted a recovery connection to admit a new one: too many open connections",
-				logging.Event("recovery_connection_evicted"), zap.String("peer.address", victim.key),
-				zap.Bool("handshakeDone", victimEstablished), zap.Int("maxConnections", l.maxConns))
-			victim.Close()
+		for _, v := range victims {
+			l.log.Warn("Evicted a recovery connection to admit a new one: "+v.reason,
+				logging.Event("recovery_connection_evicted"), zap.String("peer.address", v.conn.key),
+				zap.Bool("handshakeDone", v.established), zap.Bool("sentUsefulMessage", v.useful),
+				zap.Int("maxConnections", l.maxConns), zap.Int("maxConnectionsPerIP", l.maxPerIP))
+			v.conn.Close()
 		}
 		if !refuse {
 			return c, nil
 		}
 		if !closing {
-			l.log.Warn("Refused recovery connection: too many open connections",
-				logging.Event("recovery_connection_refused"),
-				zap.String("peer.address", c.key), zap.Int("maxConnections", l.maxConns))
+			l.log.Warn("Refused recovery connection: "+reason+", every one is checking a key",
+				logging.Event("recovery_connection_refused"), zap.String("peer.address", c.key),
+				zap.Int("maxConnections", l.maxConns), zap.Int("maxConnectionsPerIP", l.maxPerIP))
 		}
 		raw.Close()
 	}
 }
 
-// evictableLocked picks the oldest connection still in its handshake, else
-// the oldest without an RPC in flight, else nil.
-func (l *trackedListener) evictableLocked() *trackedConn {
-	var handshaking, idle *trackedConn
+type eviction struct {
+	conn                *trackedConn
+	established, useful bool
+	reason              string
+}
+
+// evictLocked takes c out of the bookkeeping at once, so that the counts
+// the same Accept checks next already exclude it; the caller closes it.
+func (l *trackedListener) evictLocked(c *trackedConn, reason string) eviction {
+	l.removeLocked(c)
+	return eviction{conn: c, established: c.established, useful: c.useful, reason: reason}
+}
+
+func (l *trackedListener) removeLocked(c *trackedConn) {
+	if l.conns[c.key] != c {
+		return
+	}
+	delete(l.conns, c.key)
+	if l.perIP[c.ip]--; l.perIP[c.ip] <= 0 {
+		delete(l.perIP, c.ip)
+	}
+}
+
+// evictionClass orders connections for eviction (lower goes first); -1
+// means never. See trackedListener.
+func evictionClass(c *trackedConn) int {
+	switch {
+	case c.keysPending > 0:
+		return -1
+	case !c.useful:
+		return 0
+	case c.activeRPCs == 0:
+		return 1
+	default:
+		return 2
+	}
+}
+
+// evictableLocked picks, among the connections match accepts, the oldest
+// of the lowest eviction class, or nil.
+func (l *trackedListener) evictableLocked(match func(*trackedConn) bool) *trackedConn {
+	var best *trackedConn
+	bestClass := -1
 	for _, c := range l.conns {
-		switch {
-		case !c.established:
-			if handshaking == nil || c.seq < handshaking.seq {
-				handshaking = c
-			}
-		case c.activeRPCs == 0:
-			if idle == nil || c.seq < idle.seq {
-				idle = c
-			}
+		class := evictionClass(c)
+		if class < 0 || !match(c) {
+			continue
+		}
+		if best == nil || class < bestClass || (class == bestClass && c.seq < best.seq) {
+			best, bestClass = c, class
 		}
 	}
-	if handshaking != nil {
-		return handshaking
+	return best
+}
+
+// ipOf is the IP address of a "host:port" remote address.
+func ipOf(addr string) string {
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
 	}
-	return idle
+	return addr
 }
 
 // closeHandshaking closes the connections that have not finished their
@@ -132,9 +210,7 @@ func (l *trackedListener) closeWhere(match func(*trackedConn) bool) {
 
 func (l *trackedListener) forget(c *trackedConn) {
 	l.mu.Lock()
-	if l.conns[c.key] == c {
-		delete(l.conns, c.key)
-	}
+	l.removeLocked(c)
 	l.mu.Unlock()
 }
 
@@ -181,14 +257,44 @@ func (l *trackedListener) HandleRPC(ctx context.Context, s stats.RPCStats) {
 	l.mu.Unlock()
 }
 
+// markUseful records that a stream of the connection behind ctx delivered a
+// valid first message.
+func markUseful(ctx context.Context) {
+	if c, ok := ctx.Value(connCtxKey{}).(*trackedConn); ok {
+		c.owner.mu.Lock()
+		c.useful = true
+		c.owner.mu.Unlock()
+	}
+}
+
+// keyPending protects the connection behind ctx from eviction while a key
+// it delivered waits for or runs the check; call the returned func after.
+func keyPending(ctx context.Context) (done func()) {
+	c, ok := ctx.Value(connCtxKey{}).(*trackedConn)
+	if !ok {
+		return func() {}
+	}
+	c.owner.mu.Lock()
+	c.keysPending++
+	c.owner.mu.Unlock()
+	return func() {
+		c.owner.mu.Lock()
+		c.keysPending--
+		c.owner.mu.Unlock()
+	}
+}
+
 // trackedConn removes itself from its listener when closed.
 type trackedConn struct {
 	net.Conn
 	owner       *trackedListener
 	key         string
+	ip          string
 	seq         uint64 // accept order
 	established bool   // guarded by owner.mu
 	activeRPCs  int    // guarded by owner.mu
+	useful      bool   // a stream sent a valid first message; guarded by owner.mu
+	keysPending int    // streams whose key waits for or runs the check; guarded by owner.mu
 	closeOnce   sync.Once
 	closed      chan struct{} // closed once the connection is closed (by either side)
 }

@@ -24,6 +24,7 @@ type recoverService struct {
 	serveCtx      context.Context // ends when Serve stops
 	diskUUID      string
 	streamTimeout time.Duration
+	msgTimeout    time.Duration
 	check         unlock.Check
 	log           *zap.Logger
 
@@ -47,6 +48,7 @@ func newRecoverService(serveCtx context.Context, cfg Config, check unlock.Check)
 		serveCtx:      serveCtx,
 		diskUUID:      cfg.DiskUUID,
 		streamTimeout: cfg.StreamTimeout,
+		msgTimeout:    cfg.MessageTimeout,
 		check:         check,
 		log:           cfg.Log,
 		checkSlot:     make(chan struct{}, 1),
@@ -90,7 +92,7 @@ func (r *recoverService) Recover(stream recoverproto.API_RecoverServer) error {
 }
 
 func (r *recoverService) recover(ctx context.Context, stream recoverproto.API_RecoverServer) error {
-	first, err := r.recv(ctx, stream)
+	first, err := r.recvWithin(ctx, stream, "measurement_secret")
 	if err != nil {
 		return err
 	}
@@ -98,11 +100,12 @@ func (r *recoverService) recover(ctx context.Context, stream recoverproto.API_Re
 	if err := validateSecretMessage(first); err != nil {
 		return err
 	}
+	markUseful(ctx)
 	if err := stream.Send(&recoverproto.RecoverResponse{DiskUuid: r.diskUUID}); err != nil {
 		return err
 	}
 
-	second, err := r.recv(ctx, stream)
+	second, err := r.recvWithin(ctx, stream, "state_disk_key")
 	if err != nil {
 		return err
 	}
@@ -111,6 +114,7 @@ func (r *recoverService) recover(ctx context.Context, stream recoverproto.API_Re
 	if err != nil {
 		return err
 	}
+	defer keyPending(ctx)()
 	// The key aliases the messages' bytes; zeroing it zeroes them too. The
 	// check must copy whatever it keeps beyond its return.
 	defer key.Zero()
@@ -177,6 +181,21 @@ func (r *recoverService) contextStatus(ctx context.Context) error {
 	default:
 		return status.FromContextError(ctx.Err()).Err()
 	}
+}
+
+var errMessageTimeout = errors.New("message timeout")
+
+// recvWithin is recv bounded by the message timeout, which a client that
+// holds a stream open and sends nothing runs into long before the stream
+// timeout.
+func (r *recoverService) recvWithin(ctx context.Context, stream recoverproto.API_RecoverServer, what string) (*recoverproto.RecoverMessage, error) {
+	mctx, cancel := context.WithTimeoutCause(ctx, r.msgTimeout, errMessageTimeout)
+	defer cancel()
+	msg, err := r.recv(mctx, stream)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(mctx), errMessageTimeout) {
+		return nil, status.Errorf(codes.DeadlineExceeded, "no %s within %v", what, r.msgTimeout)
+	}
+	return msg, err
 }
 
 // recv receives one message, giving up when ctx ends or a key was accepted

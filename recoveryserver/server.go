@@ -10,6 +10,34 @@
 // RPC with OK and shuts the server down; any other outcome ends the RPC with a
 // status (PermissionDenied, InvalidArgument, FailedPrecondition, ...) and the
 // server keeps serving.
+//
+// # Abuse
+//
+// In a confidential VM the cloud host is the adversary, and it controls
+// every connection to this port: it can open as many as it likes, from as
+// many source addresses as it likes, and it can always keep an operator
+// out by dropping the operator's packets. What the server guarantees is
+// that no pattern of connections makes that cheaper than controlling the
+// network, and that none of them delays the node's own RejoinClient:
+//
+//   - Every aTLS handshake costs the node a TPM quote. The credentials the
+//     daemon passes use attestation.NewBackgroundIssuer: a few quotes at
+//     once (constants.RecoveryMaxConcurrentQuotes), a few per source IP
+//     (constants.RecoveryMaxQuotesPerSource), fail fast beyond that, and
+//     always behind the RejoinClient's quotes. A connection that closes,
+//     is evicted or times out before its quote is made never gets one.
+//   - Connections are bounded in total (MaxConnections) and per source IP
+//     (MaxConnectionsPerIP). At a bound the newcomer evicts the oldest
+//     connection that has produced no useful message (see trackedListener),
+//     so squatters that hold Recover streams and send nothing cannot lock
+//     the operator out; only connections whose key is being checked are
+//     never evicted. The per-IP bound is a mitigation only: the host can
+//     spoof addresses on the virtual NIC.
+//   - Each client message of a stream must arrive within MessageTimeout
+//     (seconds), the whole stream within StreamTimeout.
+//   - Cancelling Serve closes every connection, which also abandons every
+//     quote still waiting for the TPM: Serve returns within about one
+//     quote's time however many connections are open.
 package recoveryserver
 
 import (
@@ -42,8 +70,12 @@ const (
 	// connection while a refused stream is still being torn down.
 	DefaultMaxConcurrentStreams = 4
 	// DefaultMaxConnections bounds the open connections (including ones still
-	// in their handshake); at the bound the oldest idle one is evicted.
+	// in their handshake); at the bound one is evicted (see Config).
 	DefaultMaxConnections = 16
+	// DefaultMaxConnectionsPerIP bounds the open connections of one source
+	// IP address. An operator needs one; the bound keeps one address from
+	// filling the table, but a host can use many addresses.
+	DefaultMaxConnectionsPerIP = 8
 	// clientHangUpTimeout bounds the wait for the winning client to close
 	// its connection after reading OK.
 	clientHangUpTimeout = 500 * time.Millisecond
@@ -85,12 +117,29 @@ type Config struct {
 	// StreamTimeout bounds one Recover stream, the check included
 	// (default DefaultStreamTimeout).
 	StreamTimeout time.Duration
+	// MessageTimeout bounds the wait for each client message of a stream:
+	// measurement_secret from the stream's start, state_disk_key from the
+	// disk-UUID reply (default constants.RecoveryMessageTimeout). A stream
+	// that sends nothing ends with DeadlineExceeded after it, and its
+	// connection stays first in line for eviction.
+	MessageTimeout time.Duration
 	// MaxConcurrentStreams bounds the concurrent streams of one connection
 	// (default DefaultMaxConcurrentStreams).
 	MaxConcurrentStreams uint32
 	// MaxConnections bounds the open connections (default
-	// DefaultMaxConnections).
+	// DefaultMaxConnections). At the bound a newcomer evicts the oldest
+	// connection that has sent no useful message (in its handshake, or
+	// holding streams that sent nothing), else the oldest idle one, else
+	// the oldest whose streams still owe their key; a connection whose key
+	// is being checked is never evicted, and only then is the newcomer
+	// refused.
 	MaxConnections int
+	// MaxConnectionsPerIP bounds the open connections of one source IP
+	// address (default DefaultMaxConnectionsPerIP, at most MaxConnections).
+	// A newcomer over it evicts one of its own address's connections in the
+	// same order. It is a mitigation, not a defence: the host can speak from
+	// any number of addresses.
+	MaxConnectionsPerIP int
 }
 
 func (c Config) withDefaults() Config {
@@ -114,6 +163,13 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxConnections <= 0 {
 		c.MaxConnections = DefaultMaxConnections
+	}
+	if c.MaxConnectionsPerIP <= 0 {
+		c.MaxConnectionsPerIP = DefaultMaxConnectionsPerIP
+	}
+	c.MaxConnectionsPerIP = min(c.MaxConnectionsPerIP, c.MaxConnections)
+	if c.MessageTimeout <= 0 {
+		c.MessageTimeout = constants.RecoveryMessageTimeout
 	}
 	return c
 }
@@ -182,7 +238,7 @@ func (s *Server) Serve(ctx context.Context, check unlock.Check) error {
 	serveCtx, cancelServe := context.WithCancel(ctx)
 	defer cancelServe()
 
-	conns := newTrackedListener(lis, s.cfg.MaxConnections, log)
+	conns := newTrackedListener(lis, s.cfg.MaxConnections, s.cfg.MaxConnectionsPerIP, log)
 	service := newRecoverService(serveCtx, s.cfg, check)
 	grpcServer := s.newGRPCServer(conns)
 	recoverproto.RegisterAPIServer(grpcServer, service)

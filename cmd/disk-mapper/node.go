@@ -41,6 +41,10 @@ func newNode(o options, log *zap.Logger) (*node, error) {
 		}
 	}
 
+	// Anyone who reaches port 9999 can ask for a quote: the RecoveryServer's
+	// are bounded and queue behind the RejoinClient's.
+	recoveryIssuer := attestation.NewBackgroundIssuer(issuer, attestation.QuoteLimits{})
+
 	var joinCA *x509.CertPool
 	if o.joinCA != "" {
 		pem, err := os.ReadFile(o.joinCA)
@@ -78,7 +82,7 @@ func newNode(o options, log *zap.Logger) (*node, error) {
 			// The rejoin path goes on without the listener.
 			log.Error("Cannot listen for recovery", zap.String("addr", o.recoveryAddr), zap.Error(err))
 		} else {
-			creds := atls.NewCredentials(atls.Config{Issuer: issuer, RootCAs: joinCA,
+			creds := atls.NewCredentials(atls.Config{Issuer: recoveryIssuer, RootCAs: joinCA,
 				HandshakeTimeout: constants.RecoveryHandshakeTimeout, Log: log.Named("atls")})
 			out = append(out, recoveryserver.New(recoveryserver.Config{
 				DiskUUID: uuid, Listener: lis, Credentials: creds, Log: log.Named(constants.LoggerRecoveryServer),

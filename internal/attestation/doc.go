@@ -52,6 +52,22 @@
 // CA pool and whose key is the AK; or pinned AK public keys; or TrustAnyAK,
 // for development only, which logs a warning on every validation.
 //
+// # Scheduling quotes
+//
+// A TPM runs one command at a time and a quote takes tens of milliseconds on
+// hardware, so who may ask for one, and in which order, is part of the
+// node's availability. A TPMIssuer serialises its quotes on one device lock
+// with two queues: Issue (the RejoinClient) is foreground, quotes through
+// NewBackgroundIssuer (the RecoveryServer's handshakes, which anybody who
+// reaches the port can cause) are background and bounded by QuoteLimits
+// (fail fast when full, and a cap per source address). A foreground quote
+// waits at most for the one quote the TPM is running. Waiting honours the
+// context, and the context is checked again right before TPM2_Quote; the
+// aTLS layer ends it when the peer's connection fails, so a peer that hung
+// up, was evicted or timed out costs no quote. The AK is derived once and
+// then loaded from its saved context (TPM2_ContextSave/ContextLoad), which
+// makes a quote cheaper without changing the key.
+//
 // # PCR 15 marking
 //
 // After the node obtained its keys it extends the 32-byte cluster ID

@@ -84,6 +84,17 @@ const (
 	RecoveryHandshakeTimeout = 10 * time.Second
 	// RecoveryIdleTimeout closes a recovery connection that sends nothing.
 	RecoveryIdleTimeout = 30 * time.Second
+	// RecoveryMaxConcurrentQuotes bounds the TPM quotes the RecoveryServer's
+	// aTLS handshakes may have admitted at once (running or waiting for the
+	// TPM); beyond it a handshake fails at once. The RejoinClient's quotes
+	// are not counted and go first.
+	RecoveryMaxConcurrentQuotes = 4
+	// RecoveryMaxQuotesPerSource bounds those quotes per peer IP address.
+	RecoveryMaxQuotesPerSource = 2
+	// RecoveryMessageTimeout bounds the wait for each client message of a
+	// Recover stream (`dmctl recover` sends each at once), so that a stream
+	// that sends nothing is ended after seconds, not the stream timeout.
+	RecoveryMessageTimeout = 5 * time.Second
 
 	// Logger names (the seed's operators grep for them).
 	LoggerSetup          = "setupManager"

@@ -191,7 +191,9 @@ func (c *transportCredentials) ServerHandshake(raw net.Conn) (net.Conn, credenti
 		return nil, nil, c.certErr
 	}
 	deadline := time.Now().Add(c.cfg.HandshakeTimeout)
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	// The source lets a background issuer cap the quotes of one peer.
+	ctx := attestation.WithQuoteSource(context.Background(), hostOf(raw.RemoteAddr()))
+	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	return c.handshake(ctx, tls.Server(raw, c.tlsConfig(false)), raw, deadline)
 }
@@ -237,4 +239,15 @@ func (c *transportCredentials) Clone() credentials.TransportCredentials {
 func (c *transportCredentials) OverrideServerName(name string) error {
 	c.serverName = name
 	return nil
+}
+
+// hostOf is the IP address of addr without its port.
+func hostOf(addr net.Addr) string {
+	if addr == nil {
+		return ""
+	}
+	if host, _, err := net.SplitHostPort(addr.String()); err == nil {
+		return host
+	}
+	return addr.String()
 }

@@ -20,8 +20,12 @@ import (
 //  4. reads the peer's verdict.
 //
 // A frame is kind (1 byte) || length (4 bytes, big endian) || payload, with
-// payload at most attestation.MaxDocumentSize. Both sides write before they
-// read, so the writes happen in a goroutine: neither side can block the other.
+// payload at most attestation.MaxDocumentSize. Each side reads the peer's
+// two frames in a goroutine of its own from the start, so neither side can
+// block the other, and the reader doubles as a liveness check: while this
+// side waits for its TPM, a peer that hangs up (or a connection closed by a
+// deadline or an eviction) fails the read, which ends the context of the
+// quote. A connection nobody is on any more never costs a quote.
 const (
 	frameNoDocument byte = iota
 	frameDocument
@@ -37,6 +41,16 @@ func (c *transportCredentials) exchange(ctx context.Context, conn *tls.Conn, sta
 	if err != nil {
 		return false, fmt.Errorf("aTLS: TLS exporter: %w", err)
 	}
+	ctx, peerGone := context.WithCancelCause(ctx)
+	defer peerGone(nil)
+	frames := readFrames(conn, 2, peerGone)
+	defer func() {
+		if err != nil {
+			// Unblocks the reader, which must not outlive the handshake.
+			_ = conn.Close()
+		}
+		<-frames.done
+	}()
 
 	kind, payload := frameNoDocument, []byte(nil)
 	if c.cfg.Issuer != nil {
@@ -50,32 +64,76 @@ func (c *transportCredentials) exchange(ctx context.Context, conn *tls.Conn, sta
 		}
 		kind, payload = frameDocument, doc
 	}
-	peerKind, peerDoc, err := writeThenRead(conn, kind, payload)
-	if err != nil {
-		return false, fmt.Errorf("aTLS: exchanging attestation documents: %w", err)
+	if err := writeFrame(conn, kind, payload); err != nil {
+		return false, fmt.Errorf("aTLS: exchanging attestation documents: sending: %w", err)
 	}
-
+	peerKind, peerDoc, err := frames.next()
+	if err != nil {
+		return false, fmt.Errorf("aTLS: exchanging attestation documents: receiving: %w", err)
+	}
 	verdict := c.validatePeer(ctx, state, exporter, peerKind, peerDoc)
 	reply, reason := frameAccept, []byte(nil)
 	if verdict != nil {
 		reply, reason = frameReject, []byte(truncate(verdict.Error(), maxRejectReason))
 	}
-	peerVerdict, peerReason, err := writeThenRead(conn, reply, reason)
+	werr := writeFrame(conn, reply, reason)
+	peerVerdict, peerReason, rerr := frames.next()
 	if verdict != nil {
 		// Our own rejection is the clearer error, even if the peer hung up.
 		return false, verdict
 	}
-	if err != nil {
-		return false, fmt.Errorf("aTLS: reading peer's verdict: %w", err)
-	}
-	switch peerVerdict {
-	case frameAccept:
-	case frameReject:
+	if rerr == nil && peerVerdict == frameReject {
 		return false, fmt.Errorf("%w: peer rejected our attestation: %s", ErrAttestation, peerReason)
-	default:
+	}
+	if werr != nil {
+		return false, fmt.Errorf("aTLS: sending our verdict: %w", werr)
+	}
+	if rerr != nil {
+		return false, fmt.Errorf("aTLS: reading peer's verdict: %w", rerr)
+	}
+	if peerVerdict != frameAccept {
 		return false, fmt.Errorf("aTLS: peer sent frame kind %d, want a verdict", peerVerdict)
 	}
 	return c.cfg.Validator != nil, nil
+}
+
+// frameReader reads a fixed number of frames in its own goroutine.
+type frameReader struct {
+	frames chan frame // closed after the last frame or the first error
+	done   chan struct{}
+}
+
+type frame struct {
+	kind    byte
+	payload []byte
+	err     error
+}
+
+// readFrames reads n frames from r; the first read error is also passed to
+// onError (which ends the exchange's context).
+func readFrames(r io.Reader, n int, onError func(error)) *frameReader {
+	fr := &frameReader{frames: make(chan frame, n), done: make(chan struct{})}
+	go func() {
+		defer close(fr.done)
+		defer close(fr.frames)
+		for range n {
+			kind, payload, err := readFrame(r)
+			fr.frames <- frame{kind, payload, err}
+			if err != nil {
+				onError(fmt.Errorf("aTLS: peer connection failed: %w", err))
+				return
+			}
+		}
+	}()
+	return fr
+}
+
+func (fr *frameReader) next() (byte, []byte, error) {
+	f, ok := <-fr.frames
+	if !ok {
+		return 0, nil, errors.New("peer connection already failed")
+	}
+	return f.kind, f.payload, f.err
 }
 
 // validatePeer returns nil when the peer's document is acceptable (or when
@@ -98,20 +156,6 @@ func (c *transportCredentials) validatePeer(ctx context.Context, state tls.Conne
 		return fmt.Errorf("%w: validating peer: %w", ErrAttestation, err)
 	}
 	return nil
-}
-
-// writeThenRead sends one frame and reads one, concurrently.
-func writeThenRead(conn *tls.Conn, kind byte, payload []byte) (byte, []byte, error) {
-	werr := make(chan error, 1)
-	go func() { werr <- writeFrame(conn, kind, payload) }()
-	peerKind, peerPayload, rerr := readFrame(conn)
-	if err := <-werr; err != nil {
-		return 0, nil, fmt.Errorf("sending: %w", err)
-	}
-	if rerr != nil {
-		return 0, nil, fmt.Errorf("receiving: %w", rerr)
-	}
-	return peerKind, peerPayload, nil
 }
 
 func writeFrame(w io.Writer, kind byte, payload []byte) error {
