@@ -22,6 +22,7 @@ done <<'LIST'
 ./setup BenchmarkRaceStop 5x
 ./dmctl BenchmarkRecoverFiveVsOne 3x
 ./joinservice BenchmarkRejoinStorm 1x
+./recoveryserver BenchmarkTimeToKeyUnderQuoteFlood 3x
 LIST
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 go run ./scripts/benchtable -load "$load_before (before), $load_after (after)" "$out"/*.txt | tee "$out/table.txt"

@@ -38,8 +38,9 @@ var targets = []target{
 	{"dmctl recover 5 nodes ÷ 1 (20 ms quotes)", regexp.MustCompile(`^BenchmarkRecoverFiveVsOne/quote=20ms$`), "5÷1", true, 1.5},
 	{"1,000-node storm ÷ ideal (aTLS)", regexp.MustCompile(`^BenchmarkRejoinStorm/atls/`), "total/ideal", true, 1.3},
 	{"1,000-node storm ÷ ideal (20 ms service)", regexp.MustCompile(`^BenchmarkRejoinStorm/insecure/N=1000/cap=10/service=20ms$`), "total/ideal", true, 1.3},
-	{"time to key under a 200-connection flood ÷ without", regexp.MustCompile(`^BenchmarkQuoteFlood`), "flood-ratio", true, 1.5},
-	{"Serve stop under the flood (ms)", regexp.MustCompile(`^BenchmarkQuoteFlood`), "ms-to-stop", true, 500},
+	{"time to key, 200-conn flood ÷ without (caps lifted)", regexp.MustCompile(`^BenchmarkTimeToKeyUnderQuoteFlood/caps-lifted$`), "flood/base", true, 1.5},
+	{"time to key, 200-conn flood ÷ without (defaults)", regexp.MustCompile(`^BenchmarkTimeToKeyUnderQuoteFlood/defaults$`), "flood/base", true, 1.5},
+	{"Serve stop under the flood (ms, caps lifted)", regexp.MustCompile(`^BenchmarkTimeToKeyUnderQuoteFlood/caps-lifted$`), "stop-ms", true, 500},
 }
 
 // gomaxprocsSuffix is the "-2" go test appends to a benchmark name.
