@@ -12,7 +12,7 @@ TOOLS := $(CURDIR)/build/tools
 
 include image/image.mk
 
-.PHONY: all build deps proto proto-check lint unit test demo clean vmtest bench fuzz fresh-check
+.PHONY: all build deps proto proto-check lint unit test demo clean vmtest bench bench-vm fuzz fresh-check
 
 all: build
 
@@ -65,6 +65,11 @@ vmtest: deps image
 # (median, min–max, target, load) at the end; raw output in build/bench/.
 bench:
 	./scripts/bench.sh
+
+# The VM measurements (boots the node 20 times): time to key with dead
+# JoinService endpoints of each kind beside a healthy one.
+bench-vm: deps image
+	DM_VM_BENCH=1 $(GO) test -tags vmtest -count=1 -timeout 30m -run 'TestMeasureTimeToKeyWithDeadEndpoints' ./test/integration/
 
 # Every fuzz target for a short bounded time (seed corpora in testdata/fuzz).
 fuzz:

@@ -68,16 +68,18 @@ func TestExistingDiskPushNeedsOperatorCertificate(t *testing.T) {
 	// operator certificate of the cluster CA.
 	_, noCertErr := pushKey(dmd.addr, operatorCreds(t, nil), randomKey(t), nil, d.key)
 	_, otherCAErr := pushKey(dmd.addr, certOperatorCreds(t, hostCA.OperatorCertPEM, hostCA.OperatorKeyPEM), randomKey(t), nil, d.key)
+	// The JoinService's own certificate is the cluster CA's, but for a server.
+	_, serverCertErr := pushKey(dmd.addr, certOperatorCreds(t, cluster.CertPEM, cluster.KeyPEM), randomKey(t), nil, d.key)
 	acceptedEarly := strings.Contains(dmd.stdout.String(), acceptedLine)
 	// The operator's push, with the cluster's operator certificate.
 	_, operatorErr := pushKey(dmd.addr, certOperatorCreds(t, cluster.OperatorCertPEM, cluster.OperatorKeyPEM), randomKey(t), nil, d.key)
 	_ = dmd.wait(t) // on the host the activation after the key fails: no dm
 	accepted := strings.Contains(dmd.stdout.String(), acceptedLine)
 
-	got := fmt.Sprintf("no cert: %s; cert of another CA: %s; key accepted before the operator: %v; operator's push: %s, accepted %v",
-		code(noCertErr), code(otherCAErr), acceptedEarly, code(operatorErr), accepted)
-	survived := noCertErr != nil && otherCAErr != nil && !acceptedEarly && operatorErr == nil && accepted
-	record(t, outcome{Case: "push to existing disk with --join-ca: no / foreign-CA / cluster operator certificate",
+	got := fmt.Sprintf("no cert: %s; cert of another CA: %s; the CA's server cert: %s; key accepted before the operator: %v; operator's push: %s, accepted %v",
+		code(noCertErr), code(otherCAErr), code(serverCertErr), acceptedEarly, code(operatorErr), accepted)
+	survived := noCertErr != nil && otherCAErr != nil && serverCertErr != nil && !acceptedEarly && operatorErr == nil && accepted
+	record(t, outcome{Case: "push to existing disk with --join-ca: no / foreign-CA / server / operator certificate",
 		Expected: "only the cluster operator's push is taken", Got: got, Survived: survived,
 		DataLost: changedBytes(before, readAll(t, d.path), headerRegion)})
 }

@@ -85,6 +85,9 @@ func (n *node) boot(ctx context.Context, t *testing.T, o bootOpts) *boot {
 	mdPort := n.s.startMetadata(ctx, t, n.name, o.peers)
 	forwards := []vmtest.Forward{{Guest: guestMetadataAddr, HostPort: mdPort}}
 	for _, p := range o.peers {
+		if p.hostPort == 0 {
+			continue // a blackhole: restrict=on drops what has no forward
+		}
 		forwards = append(forwards, vmtest.Forward{
 			Guest:    net.JoinHostPort(p.vpcIP, strconv.Itoa(constants.JoinServicePort)),
 			HostPort: p.hostPort,

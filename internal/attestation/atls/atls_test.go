@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -17,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/diskmapper/disk-mapper/internal/attestation"
 	"github.com/diskmapper/disk-mapper/internal/constants"
@@ -62,6 +64,33 @@ func TestNodeAsClient(t *testing.T) {
 		err := checkHealth(t, addr, NewCredentials(Config{Issuer: n.issuer, RootCAs: other.pool}))
 		wantErr(t, err, "peer certificate is not signed by the configured CA")
 	})
+
+	// An operator's (client) certificate of the same CA is no key service.
+	t.Run("key service with a client certificate of the CA", func(t *testing.T) {
+		posing := serveHealth(t, NewCredentials(Config{
+			Validator:   pinnedValidator(t, nil, n.ak),
+			Certificate: ca.issueFor(t, x509.ExtKeyUsageClientAuth),
+		}))
+		err := checkHealth(t, posing, NewCredentials(Config{Issuer: n.issuer, RootCAs: ca.pool}))
+		wantErr(t, err, "peer certificate is not signed by the configured CA")
+	})
+}
+
+// The node is the server (RecoveryServer) and takes only operators of the
+// cluster CA: a client certificate, not the JoinService's server one.
+func TestNodeAsServerWantsAnOperatorCertificate(t *testing.T) {
+	n := newNode(t)
+	ca := newTestCA(t)
+	addr := serveHealth(t, NewCredentials(Config{Issuer: n.issuer, RootCAs: ca.pool}))
+	operator := func(cert *tls.Certificate) credentials.TransportCredentials {
+		return NewCredentials(Config{Validator: pinnedValidator(t, nil, n.ak), Certificate: cert})
+	}
+	if err := checkHealth(t, addr, operator(ca.issueFor(t, x509.ExtKeyUsageClientAuth))); err != nil {
+		t.Fatalf("operator certificate: %v", err)
+	}
+	if err := checkHealth(t, addr, operator(ca.issueFor(t, x509.ExtKeyUsageServerAuth))); err == nil {
+		t.Fatal("the JoinService's (server) certificate of the CA was taken as an operator's")
+	}
 }
 
 // The JoinService's rejection reason reaches the node, and the JoinService

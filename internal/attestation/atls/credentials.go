@@ -40,7 +40,9 @@ type Config struct {
 	// key is bound by the attestation).
 	Certificate *tls.Certificate
 	// RootCAs, when set, requires the peer's certificate to chain to it
-	// (pinning the key service). Only the chain is checked, not a host
+	// (pinning the key service, or admitting an operator) with the
+	// peer's role as extended key usage: server auth for a key service,
+	// client auth for an operator. Only the chain is checked, not a host
 	// name: key-service endpoints are discovered IP addresses.
 	RootCAs *x509.CertPool
 	// HandshakeTimeout bounds TLS handshake plus attestation exchange;
@@ -112,9 +114,11 @@ func (c *transportCredentials) tlsConfig(isClient bool) *tls.Config {
 		NextProtos: []string{"h2"},
 		// Chain verification (when RootCAs is set) happens in
 		// verifyPeerChain; attestation replaces it otherwise.
-		InsecureSkipVerify:    true,
-		VerifyPeerCertificate: c.verifyPeerChain,
-		Certificates:          []tls.Certificate{c.cert},
+		InsecureSkipVerify: true,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			return c.verifyPeerChain(raw, peerUsage(isClient))
+		},
+		Certificates: []tls.Certificate{c.cert},
 	}
 	if isClient {
 		cfg.ServerName = c.serverName
@@ -128,7 +132,18 @@ func (c *transportCredentials) tlsConfig(isClient bool) *tls.Config {
 	return cfg
 }
 
-func (c *transportCredentials) verifyPeerChain(raw [][]byte, _ [][]*x509.Certificate) error {
+// peerUsage is the extended key usage the peer's CA-issued certificate
+// must carry: a client checks a server (the JoinService), a server checks a
+// client (an operator). Without it, either certificate of the cluster CA
+// would pass as the other.
+func peerUsage(isClient bool) x509.ExtKeyUsage {
+	if isClient {
+		return x509.ExtKeyUsageServerAuth
+	}
+	return x509.ExtKeyUsageClientAuth
+}
+
+func (c *transportCredentials) verifyPeerChain(raw [][]byte, usage x509.ExtKeyUsage) error {
 	if len(raw) == 0 {
 		return errors.New("peer sent no certificate")
 	}
@@ -150,7 +165,7 @@ func (c *transportCredentials) verifyPeerChain(raw [][]byte, _ [][]*x509.Certifi
 	if _, err := certs[0].Verify(x509.VerifyOptions{
 		Roots:         c.cfg.RootCAs,
 		Intermediates: inter,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+		KeyUsages:     []x509.ExtKeyUsage{usage},
 	}); err != nil {
 		return fmt.Errorf("peer certificate is not signed by the configured CA: %w", err)
 	}

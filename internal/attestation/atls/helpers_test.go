@@ -129,6 +129,12 @@ func newTestCA(t testing.TB) *testCA {
 
 func (ca *testCA) issue(t testing.TB) *tls.Certificate {
 	t.Helper()
+	return ca.issueFor(t, x509.ExtKeyUsageServerAuth)
+}
+
+// issueFor issues a certificate for one purpose (server or client).
+func (ca *testCA) issueFor(t testing.TB, usage x509.ExtKeyUsage) *tls.Certificate {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -139,7 +145,7 @@ func (ca *testCA) issue(t testing.TB) *tls.Certificate {
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
 	}, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
 		t.Fatal(err)
