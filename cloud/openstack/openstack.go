@@ -60,13 +60,13 @@ func New(base string, timeout time.Duration) (*Client, error) {
 func (c *Client) Name() string      { return Name }
 func (c *Client) StateDisk() string { return StateDisk }
 
-func (c *Client) get(ctx context.Context, path string, max int64) ([]byte, error) {
+func (c *Client) get(ctx context.Context, path string, limit int64) ([]byte, error) {
 	what := "OpenStack metadata " + path
 	req, err := imds.NewGet(ctx, c.base, path)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	resp, err := imds.Do(c.http, req, max)
+	resp, err := imds.Do(c.http, req, limit)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}

@@ -69,20 +69,20 @@ type Response struct {
 // ErrTooLarge: the body exceeded the caller's limit.
 var ErrTooLarge = errors.New("metadata response too large")
 
-// Do sends req and reads at most max bytes of the body; a longer body is
+// Do sends req and reads at most limit bytes of the body; a longer body is
 // ErrTooLarge whatever the status.
-func Do(c *http.Client, req *http.Request, max int64) (Response, error) {
+func Do(c *http.Client, req *http.Request, limit int64) (Response, error) {
 	resp, err := c.Do(req)
 	if err != nil {
 		return Response{}, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, max+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
 		return Response{}, fmt.Errorf("reading body: %w", err)
 	}
-	if int64(len(body)) > max {
-		return Response{}, fmt.Errorf("%w: more than %d bytes", ErrTooLarge, max)
+	if int64(len(body)) > limit {
+		return Response{}, fmt.Errorf("%w: more than %d bytes", ErrTooLarge, limit)
 	}
 	return Response{Status: resp.StatusCode, Header: resp.Header, Body: body}, nil
 }
