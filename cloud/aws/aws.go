@@ -26,8 +26,9 @@ const (
 	// StateDisk is the block device mapping name of the state volume. On
 	// Nitro instances EBS volumes are NVMe devices (/dev/nvmeXn1) and the
 	// requested name is only in the controller's vendor-specific identify
-	// data; the image's udev rules (amazon-ec2-utils' ebsnvme-id) or a
-	// helper like Constellation's aws-nvme-disk create the /dev/sdb link
+	// data; the image's udev rules (amazon-ec2-utils' ebsnvme-id), a
+	// helper like Constellation's aws-nvme-disk, or StateDiskLinker
+	// (nvme.go) create the /dev/sdb link
 	// (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/nvme-ebs-volumes.html).
 	StateDisk = "/dev/sdb"
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"strconv"
@@ -115,4 +116,27 @@ func logProvider(o options, log *zap.Logger) {
 	idx, _ := akCertIndex(o)
 	log.Info("Cloud provider", zap.String("cloudProvider", o.cloudProvider), zap.String("stateDisk", o.stateDisk),
 		zap.String("akCertNVIndex", fmt.Sprintf("%#x", uint32(idx))))
+}
+
+// startDiskHelper does what a cloud image's udev rules would when they are
+// missing: on AWS it links /dev/sdb to the EBS NVMe namespace attached under
+// that name (cloud/aws StateDiskLinker), while setup waits for the path. The
+// returned stop ends it and waits.
+func startDiskHelper(ctx context.Context, o options, log *zap.Logger) (stop func()) {
+	if o.cloudProvider != aws.Name || o.stateDisk != aws.StateDisk {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		aws.StateDiskLinker{Link: aws.StateDisk}.Run(ctx, func(target string, err error) {
+			if err != nil {
+				log.Warn("Cannot link the state disk", zap.String("disk", aws.StateDisk), zap.Error(err))
+				return
+			}
+			log.Info("Linked the state disk to its EBS NVMe device", zap.String("disk", aws.StateDisk), zap.String("device", target))
+		})
+	}()
+	return func() { cancel(); <-done }
 }
