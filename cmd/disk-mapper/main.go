@@ -52,6 +52,7 @@ func run() int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	defer startDiskHelper(ctx, flags, log)()
 
 	node, err := newNode(flags, log)
 	if err != nil {

@@ -29,6 +29,7 @@ type node struct {
 }
 
 func newNode(o options, log *zap.Logger) (*node, error) {
+	logProvider(o, log)
 	openTPM := attestation.OpenPath(o.tpmDevice)
 	var issuer attestation.Issuer
 	switch o.attestation {
@@ -36,7 +37,7 @@ func newNode(o options, log *zap.Logger) (*node, error) {
 		issuer = attestation.NewDevIssuer(log.Named("attestation"))
 	default:
 		var err error
-		if issuer, err = attestation.NewTPMIssuer(openTPM, log.Named("attestation")); err != nil {
+		if issuer, err = newTPMIssuer(o, openTPM, log.Named("attestation")); err != nil {
 			return nil, fmt.Errorf("TPM attestation: %w", err)
 		}
 	}
@@ -127,6 +128,9 @@ func endpointSource(o options, log *zap.Logger) (rejoinclient.EndpointSource, er
 		return fromCmdline, nil
 	case !errors.Is(err, rejoinclient.ErrNoCmdlineEndpoints) && !errors.Is(err, os.ErrNotExist):
 		return nil, fmt.Errorf("kernel command line %s: %w", o.kernelCmdline, err)
+	}
+	if p, err := newProvider(o); err != nil || p != nil {
+		return p, err
 	}
 	if o.metadataURL != "" {
 		return metadata.New(o.metadataURL)

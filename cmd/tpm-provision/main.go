@@ -42,6 +42,7 @@ func run(args []string, stdout io.Writer) error {
 	newCA := fs.String("new-ca", "", "create a test platform CA in this directory (ca.pem, ca-key.pem)")
 	out := fs.String("out", "", "also write the AK certificate (PEM) here")
 	akPubOut := fs.String("ak-pub-out", "", "also write the AK public key (PEM, PKIX) here, for pinning")
+	cloud := fs.String("cloud", "", "play this cloud: write the certificate to its AK certificate NV index (azure, gcp; others: the default index)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -76,12 +77,16 @@ func run(args []string, stdout io.Writer) error {
 		return err
 	}
 	defer t.Close()
-	der, err := attestation.Provision(t, caCert, caKey)
+	idx, pad, err := cloudLayout(*cloud)
+	if err != nil {
+		return err
+	}
+	der, err := attestation.ProvisionAt(t, caCert, caKey, idx, pad)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "wrote AK certificate (%d bytes, issuer %q) to NV index %#x\n",
-		len(der), caCert.Subject.String(), uint32(attestation.AKCertNVIndex))
+		len(der), caCert.Subject.String(), uint32(idx))
 	if *out != "" {
 		if err := writePEM(*out, "CERTIFICATE", der, 0o644); err != nil {
 			return err

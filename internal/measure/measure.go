@@ -281,6 +281,8 @@ func EnvironmentFileEvent(root, p string) (Event, error) {
 // the kernel splits them (lib/cmdline.c next_arg: at its isspace bytes,
 // not inside double quotes, quotes kept), without the dm.* ones: those
 // reach the daemon only as argv (measured as such) or are test actions.
+// The exception are the init's setup keys (SetupKeys, e.g. dm.disk-alias=):
+// they run before the daemon and decide what it opens, so they stay here.
 // What is left steers the kernel under the genuine daemon: kgdboc=ttyS0
 // (a debugger on the host's serial port, with the disk key in memory),
 // module_blacklist=, dm_mod.create=, sysrq_always_enabled, …
@@ -297,7 +299,7 @@ func KernelCmdline(cmdline string) []string {
 				quoted = !quoted
 			}
 		}
-		if p := cmdline[start:i]; p != "" && !strings.HasPrefix(p, "dm.") {
+		if p := cmdline[start:i]; p != "" && (!strings.HasPrefix(p, "dm.") || isSetupParam(p)) {
 			out = append(out, p)
 		}
 	}
@@ -318,14 +320,36 @@ func KernelParameters(cmdline string) []string {
 }
 
 // TestActionKeys are the dm.KEY=… parameters the init runs itself after the
-// daemon (image/init); every other dm.* parameter becomes a daemon flag.
-var TestActionKeys = []string{"write", "read", "get", "pcr", "rawbench"}
+// daemon (image/init); SetupKeys the ones it runs before the daemon; every
+// other dm.* parameter becomes a daemon flag.
+var (
+	TestActionKeys = []string{"write", "read", "get", "pcr", "rawbench"}
+	// SetupKeys are test-only too: dm.disk-alias=LINK:TARGET[:DELAY] gives
+	// the VM's disk a cloud's name (docs/providers.md). What the daemon then
+	// opens depends on them, so KernelCmdline keeps them (PCR 12).
+	SetupKeys = []string{"disk-alias"}
+)
+
+// isSetupParam: p is dm.KEY=… with KEY one of SetupKeys.
+func isSetupParam(p string) bool {
+	rest, ok := strings.CutPrefix(p, "dm.")
+	return ok && hasKeyPrefix(rest, SetupKeys)
+}
+
+func hasKeyPrefix(rest string, keys []string) bool {
+	for _, k := range keys {
+		if strings.HasPrefix(rest, k+"=") {
+			return true
+		}
+	}
+	return false
+}
 
 // SplitCmdline is the init's split of a kernel command line (image/init,
 // between "BEGIN split_cmdline" and "END split_cmdline"): fields split at
 // spaces, tabs and newlines (the shell's IFS, no globbing); dm.KEY=VALUE
 // becomes --KEY=VALUE and dm.KEY becomes --KEY, except the test actions,
-// returned as KEY=VALUE.
+// returned as KEY=VALUE, and the setup keys, which are neither.
 func SplitCmdline(cmdline string) (flags, actions []string) {
 	fields := strings.FieldsFunc(cmdline, func(r rune) bool { return r == ' ' || r == '\t' || r == '\n' })
 	for _, a := range fields {
@@ -333,13 +357,12 @@ func SplitCmdline(cmdline string) (flags, actions []string) {
 		if !ok {
 			continue
 		}
-		action := false
-		for _, k := range TestActionKeys {
-			action = action || strings.HasPrefix(rest, k+"=")
-		}
-		if action {
+		switch {
+		case hasKeyPrefix(rest, SetupKeys):
+			// run by the init before the daemon; measured with the kernel command line
+		case hasKeyPrefix(rest, TestActionKeys):
 			actions = append(actions, rest)
-		} else {
+		default:
 			flags = append(flags, "--"+rest)
 		}
 	}

@@ -73,6 +73,7 @@ func TestSplitCmdlineAgreesWithTheInit(t *testing.T) {
 		"\tdm.a=1\t\tdm.b=\"two words\" dm.c='q'  dm.d=x=y=z\n",
 		"dm.glob=* dm.glob=m?tch dm.x=$HOME dm.y=`id` dm.z=$(id) dm.w=\\n",
 		"dm.nbsp=a\u00a0b dm.vt=a\vb dm.cr=a\rb disk_mapper.join_endpoints=10.0.2.100 dm.get=http://x/y dm.rawbench=/dev/vdb:8\n",
+		"dm.disk-alias=/dev/disk/by-id/google-state-disk:/dev/vda:4 dm.disk-alias dm.disk-aliasx=1 dm.state-disk=/dev/disk/by-id/google-state-disk\n",
 	} {
 		gotFlags, gotActions := initSplit(t, cmdline)
 		flags, actions := SplitCmdline(cmdline)
@@ -219,6 +220,8 @@ func TestKernelCmdline(t *testing.T) {
 		`x="a dm.write=b" dm.y="c d" init=/bin/sh`:                       {`x="a dm.write=b"`, "init=/bin/sh"},
 		"a\vb\rc\xa0d\te\ff":                                             {"a", "b", "c", "d", "e", "f"},
 		"":                                                               nil,
+		// The init's setup key decides which disk the daemon opens: measured.
+		"quiet dm.disk-alias=/dev/sdb:/dev/vda dm.state-disk=/dev/sdb": {"quiet", "dm.disk-alias=/dev/sdb:/dev/vda"},
 	} {
 		if got := KernelCmdline(cmdline); !reflect.DeepEqual(got, want) {
 			t.Errorf("KernelCmdline(%q) = %q, want %q", cmdline, got, want)

@@ -175,10 +175,26 @@ func (s *suite) startJoinService(ctx context.Context, t *testing.T) *joinService
 // o (its daemon flags: integrity, o.extra); o's test actions do not matter.
 func (s *suite) startJoinServiceFor(ctx context.Context, t *testing.T, o bootOpts) *joinService {
 	t.Helper()
+	return s.startJoinServiceWith(ctx, t, s.mustMeasurements(t, o))
+}
+
+// startJoinServiceForCmdline starts a JoinService that accepts nodes booted
+// with exactly this kernel command line (its test actions do not matter).
+func (s *suite) startJoinServiceForCmdline(ctx context.Context, t *testing.T, cmdline []string) *joinService {
+	t.Helper()
+	m, err := s.measurementsForCmdline(cmdline)
+	if err != nil {
+		t.Fatalf("expected measurements: %v", err)
+	}
+	return s.startJoinServiceWith(ctx, t, m)
+}
+
+func (s *suite) startJoinServiceWith(ctx context.Context, t *testing.T, measurements string) *joinService {
+	t.Helper()
 	p := startHostProc(t, "joinservice", s.bin.joinservice,
 		"--listen", "127.0.0.1:0", "--master-secret", s.masterSecret,
 		"--cert", s.joinCert, "--key", s.joinKey,
-		"--measurements", s.mustMeasurements(t, o), "--ak-roots", s.platformCA)
+		"--measurements", measurements, "--ak-roots", s.platformCA)
 	started, err := p.waitMsg(ctx, "Starting JoinService")
 	if err != nil {
 		t.Fatal(err)

@@ -172,7 +172,12 @@ func buildSuite(t *testing.T) (*suite, error) {
 // tree and the boot's kernel command line with the code dm-measure runs in
 // the guest, never written down by hand.
 func (s *suite) measurementsFor(o bootOpts) (string, error) {
-	cmdline := bootCmdline(o)
+	return s.measurementsForCmdline(bootCmdline(o))
+}
+
+// measurementsForCmdline is the measurements file of a boot with exactly
+// this kernel command line (beyond console, quiet, panic).
+func (s *suite) measurementsForCmdline(cmdline []string) (string, error) {
 	key := strings.Join(cmdline, " ")
 	s.measurementsMu.Lock()
 	defer s.measurementsMu.Unlock()

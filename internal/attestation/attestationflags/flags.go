@@ -20,6 +20,7 @@ import (
 type Flags struct {
 	Measurements           string // expected PCR values of the nodes' image (JSON file)
 	AKRoots                string // PEM platform CA(s) that certify nodes' AKs
+	AKPins                 string // PEM AK public keys trusted as they are (pins.go)
 	TrustAnyAK             bool   // development: accept quotes by any AK
 	InsecureDevAttestation bool   // development: accept nodes without a TPM
 	// AllowPartialMeasurements (development) accepts a measurements file
@@ -32,6 +33,7 @@ type Flags struct {
 func (f *Flags) Register(fl *flag.FlagSet) {
 	fl.StringVar(&f.Measurements, "measurements", "", "expected PCR values of the nodes' image (JSON)")
 	fl.StringVar(&f.AKRoots, "ak-roots", "", "PEM file with the platform CA(s) that certify the nodes' attestation keys")
+	fl.StringVar(&f.AKPins, "ak-pins", "", "PEM file with pinned AK public keys (for clouds without AK certificates, e.g. AWS, OpenStack)")
 	fl.BoolVar(&f.TrustAnyAK, "insecure-trust-any-ak", false, "DEVELOPMENT ONLY: accept TPM quotes by any attestation key")
 	fl.BoolVar(&f.InsecureDevAttestation, "insecure-dev-attestation", false, "DEVELOPMENT ONLY: accept nodes without a TPM")
 	fl.BoolVar(&f.AllowPartialMeasurements, "allow-partial-measurements", false,
@@ -46,7 +48,7 @@ func (f Flags) Validator(fs afero.Fs, log *zap.Logger) (attestation.Validator, e
 		log = zap.NewNop()
 	}
 	if f.InsecureDevAttestation {
-		if f.Measurements != "" || f.AKRoots != "" || f.TrustAnyAK {
+		if f.Measurements != "" || f.AKRoots != "" || f.AKPins != "" || f.TrustAnyAK {
 			return nil, errors.New("--insecure-dev-attestation cannot be combined with --measurements, --ak-roots or --insecure-trust-any-ak")
 		}
 		log.Warn("Accepting nodes WITHOUT TPM attestation (--insecure-dev-attestation): development only",
@@ -78,6 +80,11 @@ func (f Flags) Validator(fs afero.Fs, log *zap.Logger) (attestation.Validator, e
 		cfg.AKRoots = x509.NewCertPool()
 		if !cfg.AKRoots.AppendCertsFromPEM(pem) {
 			return nil, fmt.Errorf("--ak-roots %s holds no PEM certificate", f.AKRoots)
+		}
+	}
+	if f.AKPins != "" {
+		if cfg.PinnedAKs, err = loadPinnedAKs(fs, f.AKPins); err != nil {
+			return nil, err
 		}
 	}
 	return attestation.NewTPMValidator(cfg)
