@@ -30,7 +30,7 @@ var timings struct {
 
 type bootTiming struct {
 	label          string
-	image          string // "busybox" or "systemd"
+	image          string        // "busybox" or "systemd"
 	toWaiting      time.Duration // 0 when the boot never waited
 	keyServed      string        // "ticket", "dmctl", …
 	servedToMapped time.Duration
