@@ -53,6 +53,12 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
+	socket, err := newSocketHandover(flags, log)
+	if err != nil {
+		log.Error("Key hand-over socket unusable", logging.Event("bad_flags"), zap.Error(err))
+		return 2
+	}
+
 	node, err := newNode(flags, log)
 	if err != nil {
 		log.Error("Failed to configure disk-mapper", zap.Error(err))
@@ -64,6 +70,9 @@ func run() int {
 	cfg.Integrity = flags.integrity
 	cfg.KeyHandoverFile = flags.keyHandoverFile
 	cfg.BlankDiskRefusal = node.blankDiskRefusal
+	if socket != nil {
+		cfg.KeyHandover = socket.take
+	}
 	mgr := setup.New(cfg, log.Named(constants.LoggerSetup), setup.LUKSBackend(), setup.SystemMounter{},
 		afero.NewOsFs(), node.marker, node.sources)
 	if _, err := mgr.Run(ctx); err != nil {
@@ -73,6 +82,12 @@ func run() int {
 			log.Error("Failed to prepare state disk", zap.Error(err))
 		}
 		return 1
+	}
+	if socket != nil {
+		if err := socket.serve(ctx, cfg.MappingName); err != nil {
+			log.Error("Failed to hand the key to systemd-cryptsetup", zap.Error(err))
+			return 1
+		}
 	}
 	return 0
 }
