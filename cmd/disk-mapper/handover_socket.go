@@ -7,6 +7,7 @@ import (
 	"net"
 	"regexp"
 
+	"github.com/diskmapper/disk-mapper/internal/constants"
 	"github.com/diskmapper/disk-mapper/internal/keysocket"
 	"github.com/diskmapper/disk-mapper/internal/logging"
 	cryptsetup "github.com/martinjungblut/go-cryptsetup"
@@ -49,6 +50,12 @@ func newSocketHandover(o options, log *zap.Logger) (*socketHandover, error) {
 		return nil, fmt.Errorf("--key-handover-socket: %w", err)
 	}
 	return &socketHandover{volume: o.keyHandoverSocket, l: l, log: log}, nil
+}
+
+// verifyMapping is the name and path of the daemon's own, temporary mapping.
+func (s *socketHandover) verifyMapping() (string, string) {
+	name := constants.MappingName + "-verify"
+	return name, "/dev/mapper/" + name
 }
 
 // take keeps a copy of the verified key (setup zeroes its own).

@@ -72,6 +72,10 @@ func run() int {
 	cfg.BlankDiskRefusal = node.blankDiskRefusal
 	if socket != nil {
 		cfg.KeyHandover = socket.take
+		// Our own mapping is only for verifying (node state, PCR 15): under
+		// another name, so that dev-mapper-state.device appears only once
+		// systemd-cryptsetup mapped the volume.
+		cfg.MappingName, cfg.MappedDevice = socket.verifyMapping()
 	}
 	mgr := setup.New(cfg, log.Named(constants.LoggerSetup), setup.LUKSBackend(), setup.SystemMounter{},
 		afero.NewOsFs(), node.marker, node.sources)

@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -376,3 +377,43 @@ func TestSystemdDaemonFailureEmergency(t *testing.T) {
 	noWorkloadYet(t, b, "after the daemon failed")
 	t.Logf("%s: emergency after %v (QEMU exited after %v)", b.label, em.At.Round(time.Millisecond), b.ExitedAfter().Round(time.Millisecond))
 }
+
+// Socket hand-over: a disk made on the default systemd image, then booted
+// on the socket variant (crypttab names /run/disk-mapper/key.sock): the
+// daemon verifies the key, closes its mapping and hands the key to
+// systemd-cryptsetup@state, which maps the disk; no key file exists
+// anywhere; the workload sees the first boot's record. The JoinService
+// attests the variant's own PCRs (another image, LISTEN_FDS measured).
+func TestSystemdSocketHandover(t *testing.T) {
+	scenario(t)
+	s := getSuite(t)
+	img := systemdImage(t, s, "", "", false)
+	sock := systemdImage(t, s, "socket", systemdArgs+" --key-handover-socket=state", true)
+	ctx := scenarioContext(t)
+	js := s.startJoinServiceMeasured(ctx, t, img.measurementsFor(t, s.dir, nil))
+	n := s.newNode(ctx, t, "node-s5")
+	uuid := sysFirstBoot(ctx, t, n, img, js)
+	js.stop()
+
+	js = s.startJoinServiceMeasured(ctx, t, sock.measurementsFor(t, s.dir, nil))
+	b := n.sysBoot(ctx, t, sock, sysOpts{label: "socket hand-over [systemd]", peers: []peer{js.peer()}})
+	if got := b.mustMsg(ctx, t, "Preparing existing state disk").Str("uuid"); got != uuid {
+		t.Errorf("%s: disk uuid %s, want %s", b.label, got, uuid)
+	}
+	waiting := b.must(ctx, t, waitingLine, "waiting line")
+	b.summary(ctx, t, "RejoinClient", false)
+	b.mustMsg(ctx, t, "Closed our mapping; systemd-cryptsetup maps the disk")
+	served := b.mustMsg(ctx, t, "Disk key handed to systemd-cryptsetup")
+	if !keysocketPeer.MatchString(served.Str("peer")) {
+		t.Errorf("%s: key served to %q, not systemd-cryptsetup of state", b.label, served.Str("peer"))
+	}
+	ticket, _ := js.lastTicket(uuid)
+	w := sysWorkload(ctx, t, b, served, 1)
+	recordBoot(t, b, waiting, w, "ticket", ticket)
+	if f := w.Str("key_files"); f != "" {
+		t.Errorf("%s: key files left for the boot: %s", b.label, f)
+	}
+	sysFinish(ctx, t, b)
+}
+
+var keysocketPeer = regexp.MustCompile(`^@[0-9a-f]{1,16}/cryptsetup/state$`)
