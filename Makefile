@@ -52,8 +52,9 @@ unit:
 	@cat build/faults/report.txt
 
 # A narrated boot of one node: first boot, rejoin, manual recovery.
+# IMAGE=systemd: the same on the systemd image (image/systemd-initrd).
 demo: deps image
-	./scripts/demo.sh
+	IMAGE=$(IMAGE) ./scripts/demo.sh
 
 # The QEMU + swtpm integration suite (TCG; boots one VM at a time).
 vmtest: deps image
