@@ -71,7 +71,7 @@ bench:
 fuzz:
 	FUZZTIME=$${FUZZTIME:-10s} ./scripts/fuzz.sh
 
-test: deps proto-check lint unit fuzz image-verify-unit vmtest
+test: deps proto-check lint unit fuzz image-verify-unit image-systemd-check vmtest
 
 # Clones the repository (HEAD) into a temporary directory and runs `make demo`
 # there, as a new user would; prints how long it took.
