@@ -52,8 +52,9 @@ unit:
 	@cat build/faults/report.txt
 
 # A narrated boot of one node: first boot, rejoin, manual recovery.
+# IMAGE=systemd: the same on the systemd image (image/systemd-initrd).
 demo: deps image
-	./scripts/demo.sh
+	IMAGE=$(IMAGE) ./scripts/demo.sh
 
 # The QEMU + swtpm integration suite (TCG; boots one VM at a time).
 vmtest: deps image
@@ -75,7 +76,7 @@ bench-vm: deps image
 fuzz:
 	FUZZTIME=$${FUZZTIME:-10s} ./scripts/fuzz.sh
 
-test: deps proto-check lint unit fuzz image-verify-unit vmtest
+test: deps proto-check lint unit fuzz image-verify-unit image-systemd-check vmtest
 
 # Clones the repository (HEAD) into a temporary directory and runs `make demo`
 # there, as a new user would; prints how long it took.

@@ -37,3 +37,21 @@ image: image-kernel image-bins
 
 image-verify-unit:
 	./image/verify-unit.sh
+
+# The systemd test image (image/systemd-initrd/README.md): a systemd 252
+# initrd from bookworm packages (dracut in an mmdebstrap chroot cached in
+# build/systemd-initrd/), the shipped unit unchanged, its configuration in
+# IMAGE_ENV_FILE (default image/systemd-initrd/disk-mapper.default).
+IMAGE_SYSTEMD_OUT := build/image-systemd
+IMAGE_SYSTEMD_ENV ?= $(or $(IMAGE_ENV_FILE),image/systemd-initrd/disk-mapper.default)
+
+.PHONY: image-systemd image-systemd-check
+
+image-systemd: image-kernel image-bins
+	./image/systemd-initrd/build.sh -o $(IMAGE_SYSTEMD_OUT)/initrd.cpio \
+		-d $(IMAGE_OUT)/bin/disk-mapper -m $(IMAGE_OUT)/bin/dm-measure -e $(IMAGE_SYSTEMD_ENV) \
+		$(if $(IMAGE_CONFIG_DIR),-c $(IMAGE_CONFIG_DIR))
+
+# Builds the systemd image twice from the same inputs and compares the cpios.
+image-systemd-check: image-kernel image-bins
+	./image/systemd-initrd/check-reproducible.sh $(IMAGE_OUT)/bin/disk-mapper $(IMAGE_OUT)/bin/dm-measure $(IMAGE_SYSTEMD_ENV)

@@ -8,6 +8,11 @@
 #   c. reboot with every JoinService endpoint dead: the node waits for an
 #      operator, and `dmctl recover` pushes the key.
 #
+# IMAGE=systemd (make demo IMAGE=systemd) runs the same story on the systemd
+# image (image/systemd-initrd): the shipped unit, configured through its
+# EnvironmentFile; the workload stand-in records every boot on the state
+# disk and reports PCRs 11, 12 and 15 instead of the test actions.
+#
 # Run it through `make demo` (which first runs `make deps image`). It installs
 # nothing; it builds the tools into build/demo/, streams the guest's serial
 # JSON log to the terminal, and stops every process it started by PID.
@@ -19,6 +24,8 @@ export PATH=/usr/local/go/bin:$PATH
 work=$root/build/demo
 bin=$work/bin
 kernel=$root/build/kernel/vmlinux
+image=${IMAGE:-busybox}
+[[ $image == busybox || $image == systemd ]] || { echo "demo: IMAGE must be busybox or systemd, not $image" >&2; exit 2; }
 
 if [[ -t 1 ]]; then bold=$'\e[1m' dim=$'\e[2m' green=$'\e[32m' red=$'\e[31m' off=$'\e[0m'; else bold= dim= green= red= off=; fi
 say() { printf '\n%s==> %s%s\n' "$bold" "$*" "$off"; }
@@ -90,13 +97,28 @@ cp "$work/join/ca.pem" "$work/config/ca.pem"
 # computed for it. One parameter more or changed and the node's PCR 12 differs: no JoinService or dmctl that
 # holds these measurements hands it a key (docs/pcr-map.md).
 kernel_params="console=ttyS0 quiet panic=-1 dm.attestation=tpm dm.join-ca=/etc/disk-mapper/ca.pem dm.metadata-url=http://10.0.2.99:8080 dm.integrity=false"
-"$root/image/mkinitramfs.sh" -o "$work/initrd.cpio" -m "$root/build/image/bin/dm-measure" -c "$work/config" \
-	-p "$kernel_params" "$root/build/image/bin/disk-mapper" 2>&1 | sed 's/^/    /'
+smp=1
+if [[ $image == systemd ]]; then
+	# The same flags, through the unit's EnvironmentFile; the command line is
+	# only the console's (and measured whole into PCR 12).
+	printf 'DISK_MAPPER_ARGS="%s"\n' "--attestation=tpm --join-ca=/etc/disk-mapper/ca.pem --metadata-url=http://10.0.2.99:8080 --integrity=false" >"$work/disk-mapper.env"
+	kernel_params="console=ttyS0 quiet panic=-1"
+	smp=2
+	"$root/image/systemd-initrd/build.sh" -o "$work/initrd.cpio" -d "$root/build/image/bin/disk-mapper" \
+		-m "$root/build/image/bin/dm-measure" -e "$work/disk-mapper.env" -c "$work/config" 2>&1 | sed 's/^/    /'
+	"$root/build/image/bin/dm-measure" expected-systemd -initrd "$work/initrd.cpio" -root "$work/initrd-root" \
+		-cmdline "$kernel_params" >"$work/measurements.json"
+else
+	"$root/image/mkinitramfs.sh" -o "$work/initrd.cpio" -m "$root/build/image/bin/dm-measure" -c "$work/config" \
+		-p "$kernel_params" "$root/build/image/bin/disk-mapper" 2>&1 | sed 's/^/    /'
+fi
 "$bin/dmctl" measurements --image-measurements "$work/measurements.json" --master-secret "$work/master-secret.json" >"$work/expected.json"
 pcr15=$(tr -d ' \n' <"$work/expected.json" | sed -E 's/.*"15":"([0-9a-f]+)".*/\1/')
 note "master secret, platform CA, JoinService certificate and image are in $work"
-note "PCR 11 (/init and the daemon binary), PCR 12 (the daemon's flags, environment, kernel command"
-note "line and configuration files, for the command line above) and, once marked, PCR 15 (the cluster ID) must be:"
+[[ $image == systemd ]] && note "PCR 11 (the initrd's /etc and /usr), PCR 12 (the command line, then the daemon's argv, environment,"
+[[ $image == systemd ]] && note "disk_mapper.* parameters and configuration files) and, once marked, PCR 15 (the cluster ID) must be:"
+[[ $image == busybox ]] && note "PCR 11 (/init and the daemon binary), PCR 12 (the daemon's flags, environment, kernel command"
+[[ $image == busybox ]] && note "line and configuration files, for the command line above) and, once marked, PCR 15 (the cluster ID) must be:"
 sed 's/^/      /' "$work/expected.json"
 
 say "Playing the cloud: the new VM's swtpm gets an AK certificate from the platform CA in NV"
@@ -148,6 +170,10 @@ boot() {
 	shift 2
 	serial=$work/node/serial-$label.jsonl
 	local console=$work/node/console-$label.log ctrl=$work/node/swtpm-ctrl.sock
+	# Test actions are the busybox init's; the systemd image's command line
+	# stays the measured one (its workload reports instead).
+	local extra="$*"
+	[[ $image == systemd ]] && extra=
 	rm -f "$ctrl"
 	swtpm socket --tpm2 --tpmstate "dir=$tpm" --ctrl "type=unixio,path=$ctrl" --terminate \
 		--log "file=$work/node/swtpm-$label.log,level=1" &
@@ -156,9 +182,9 @@ boot() {
 	recovery_port=$(free_port)
 	: >"$serial"
 	qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot \
-		-machine q35 -accel tcg -cpu max -m 512 -smp 1 \
+		-machine q35 -accel tcg -cpu max -m 512 -smp "$smp" \
 		-bios /usr/share/qemu/qboot.rom -kernel "$kernel" -initrd "$work/initrd.cpio" \
-		-append "$kernel_params $*" \
+		-append "$kernel_params${extra:+ $extra}" \
 		-serial "file:$console" -serial stdio \
 		-drive "if=none,id=state,format=raw,cache=unsafe,file=$work/node/state.img" -device virtio-blk-pci,drive=state \
 		-netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$recovery_port-:9999,guestfwd=tcp:10.0.2.99:8080-cmd:busybox nc 127.0.0.1 $md_port$fwd" \
@@ -177,7 +203,25 @@ end_boot() {
 	qemu_pid=
 	wait "$pid" || die "QEMU exited with an error (see $work/node/qemu-*.log)"
 	sleep 0.3 # let the stream print the last lines
-	grep -q '"event":"init_done","status":0,"actions_ok":true' "$serial" || die "the boot did not end well: see $serial"
+	if [[ $image == systemd ]]; then
+		grep -q '"event":"boot_done","daemon":"success"' "$serial" || die "the boot did not end well: see $serial"
+	else
+		grep -q '"event":"init_done","status":0,"actions_ok":true' "$serial" || die "the boot did not end well: see $serial"
+	fi
+}
+
+# readback: what the boot found on the state disk (busybox: the file the
+# first boot wrote; systemd: the workload's record of earlier boots).
+readback() {
+	if [[ $image == systemd ]]; then
+		grep -o '"boots_before":[0-9]*' "$serial"
+	else
+		grep -o '"content":"[^"]*"' "$serial"
+	fi
+}
+# pcr15_seen: the guest reported PCR 15 = the cluster-ID value.
+pcr15_seen() {
+	grep -q -e "\"event\":\"pcr\",\"pcr\":15,\"bank\":\"sha256\",\"value\":\"$pcr15\"" -e "\"pcr15\":\"$pcr15\"" "$serial"
 }
 
 js_fwd=",guestfwd=tcp:10.0.2.100:30090-cmd:busybox nc 127.0.0.1 $js_port"
@@ -186,7 +230,8 @@ truncate -s 32M "$work/node/state.img"
 say "a. First boot on a blank 32 MiB disk (integrity off for speed)"
 note "The node proves the disk blank, formats LUKS2, asks the JoinService for the key of the new"
 note "disk over attested TLS (it checks the service's certificate against the CA in its image),"
-note "enrols it, creates ext4, records its state and marks PCR 15. Then /init writes a file."
+note "enrols it, creates ext4, records its state and marks PCR 15. Then /init writes a file"
+[[ $image == systemd ]] && note "(systemd image: the workload unit records the boot on the disk instead)."
 start_metadata "cp-0,10.0.2.100"
 boot first "$js_fwd" "dm.write=hello.txt:written-at-first-boot"
 wait_for "$serial" '"msg":"State disk initialized"' 240
@@ -200,9 +245,8 @@ boot rejoin "$js_fwd" "dm.read=hello.txt dm.pcr=15"
 wait_for "$serial" '"event":"summary"' 240
 end_boot
 grep -q '"event":"summary".*"source":"RejoinClient"' "$serial" || die "the RejoinClient did not unlock the disk"
-ok "unlocked by the RejoinClient; the file reads back: $(grep -o '"content":"[^"]*"' "$serial")"
-grep -q "\"event\":\"pcr\",\"pcr\":15,\"bank\":\"sha256\",\"value\":\"$pcr15\"" "$serial" ||
-	die "PCR 15 in the guest is not the cluster-ID value $pcr15"
+ok "unlocked by the RejoinClient; the state disk reads back: $(readback)"
+pcr15_seen || die "PCR 15 in the guest is not the cluster-ID value $pcr15"
 ok "PCR 15 in the guest = $pcr15 = the cluster ID (dmctl measurements)"
 
 say "c. The control plane lost quorum: every JoinService endpoint is dead"
@@ -226,7 +270,7 @@ sed 's/^/    dmctl: /' "$work/dmctl.out"
 wait_for "$serial" '"event":"summary"' 120
 end_boot
 grep -q '"event":"summary".*"source":"RecoveryServer"' "$serial" || die "the pushed key did not unlock the disk"
-ok "unlocked by the RecoveryServer; the file reads back: $(grep -o '"content":"[^"]*"' "$serial")"
+ok "unlocked by the RecoveryServer; the state disk reads back: $(readback)"
 if ((dmctl_rc != 0)); then
 	# Seen here: the node accepted the key and shut its server down, but
 	# dmctl read EOF instead of the RPC's OK status (see the report).

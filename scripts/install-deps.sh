@@ -2,7 +2,7 @@
 # Installs what building and testing disk-mapper needs on Debian 12. Idempotent.
 set -euo pipefail
 pkgs=(protobuf-compiler libcryptsetup-dev cryptsetup-bin pkg-config gcc swtpm swtpm-tools
-      qemu-system-x86 busybox-static e2fsprogs)
+      qemu-system-x86 busybox-static e2fsprogs mmdebstrap)
 missing=()
 for p in "${pkgs[@]}"; do
 	[[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")

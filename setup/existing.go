@@ -92,6 +92,11 @@ func (m *Manager) mark(measurementSecret, measurementSalt []byte) error {
 
 // handOver writes the key for systemd-cryptsetup, only when configured to.
 func (m *Manager) handOver(key []byte) error {
+	if m.cfg.KeyHandover != nil {
+		if err := m.cfg.KeyHandover(key); err != nil {
+			return fmt.Errorf("key handover: %w", err)
+		}
+	}
 	if m.cfg.KeyHandoverFile == "" {
 		return nil
 	}

@@ -31,6 +31,10 @@ type Config struct {
 	MountPoint, NodeStateFile string
 	// KeyHandoverFile, if set, receives the disk key for systemd-cryptsetup.
 	KeyHandoverFile string
+	// KeyHandover, if set, is given the verified disk key after the node
+	// state was read and PCR 15 marked (the socket hand-over keeps a copy
+	// in memory, never in a file); the key is zeroed after it returns.
+	KeyHandover func(key []byte) error
 	// BlankDiskRefusal, if set, says why this node must not enrol a new
 	// disk (e.g. nothing to authenticate the key's sender with): a blank or
 	// never-initialized disk is then left untouched and the node waits for

@@ -26,6 +26,9 @@ type options struct {
 	// azureLUN and akCertNVIndex: see provider.go.
 	azureLUN      int
 	akCertNVIndex string
+	// keyHandoverSocket is the crypttab volume whose systemd-cryptsetup gets
+	// the key on the socket-activated socket (handover_socket.go).
+	keyHandoverSocket string
 }
 
 const (
@@ -49,6 +52,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.keyHandoverFile, "key-handover-file", "", "write the disk key to this new file for systemd-cryptsetup, a name directly in "+constants.RuntimeDir+"/ (off by default)")
 	fs.StringVar(&o.kernelCmdline, "kernel-cmdline", constants.KernelCmdline, "kernel command line file")
 	addProviderFlags(fs, &o)
+	fs.StringVar(&o.keyHandoverSocket, "key-handover-socket", "", "serve the disk key once on the socket systemd passed (LISTEN_FDS) to systemd-cryptsetup of this crypttab volume, which then maps the disk (off by default)")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
@@ -62,6 +66,9 @@ func parseFlags(args []string) (options, error) {
 		return options{}, fmt.Errorf("--attestation must be %q or %q", attestationTPM, attestationDev)
 	}
 	if err := checkKeyHandoverFile(o.keyHandoverFile, constants.RuntimeDir); err != nil {
+		return options{}, err
+	}
+	if err := checkKeyHandoverSocket(o); err != nil {
 		return options{}, err
 	}
 	return o, nil

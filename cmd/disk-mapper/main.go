@@ -54,6 +54,12 @@ func run() int {
 	defer stop()
 	defer startDiskHelper(ctx, flags, log)()
 
+	socket, err := newSocketHandover(flags, log)
+	if err != nil {
+		log.Error("Key hand-over socket unusable", logging.Event("bad_flags"), zap.Error(err))
+		return 2
+	}
+
 	node, err := newNode(flags, log)
 	if err != nil {
 		log.Error("Failed to configure disk-mapper", zap.Error(err))
@@ -65,6 +71,13 @@ func run() int {
 	cfg.Integrity = flags.integrity
 	cfg.KeyHandoverFile = flags.keyHandoverFile
 	cfg.BlankDiskRefusal = node.blankDiskRefusal
+	if socket != nil {
+		cfg.KeyHandover = socket.take
+		// Our own mapping is only for verifying (node state, PCR 15): under
+		// another name, so that dev-mapper-state.device appears only once
+		// systemd-cryptsetup mapped the volume.
+		cfg.MappingName, cfg.MappedDevice = socket.verifyMapping()
+	}
 	mgr := setup.New(cfg, log.Named(constants.LoggerSetup), setup.LUKSBackend(), setup.SystemMounter{},
 		afero.NewOsFs(), node.marker, node.sources)
 	if _, err := mgr.Run(ctx); err != nil {
@@ -74,6 +87,12 @@ func run() int {
 			log.Error("Failed to prepare state disk", zap.Error(err))
 		}
 		return 1
+	}
+	if socket != nil {
+		if err := socket.serve(ctx, cfg.MappingName); err != nil {
+			log.Error("Failed to hand the key to systemd-cryptsetup", zap.Error(err))
+			return 1
+		}
 	}
 	return 0
 }

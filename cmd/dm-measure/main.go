@@ -18,6 +18,9 @@
 //	    image tree DIR with that command line, no TPM; -events prints the
 //	    event log instead
 //
+//	dm-measure stub | boot-config | expected-systemd
+//	    the systemd image's modes (systemd.go)
+//
 // Each measurement is logged as one JSON line on stderr (the init sends it
 // to the JSON serial port). It is built static (CGO_ENABLED=0).
 package main
@@ -46,7 +49,7 @@ func main() {
 }
 
 func usage(stderr io.Writer) int {
-	fmt.Fprintln(stderr, "usage: dm-measure boot [-tpm DEV] [-cmdline FILE] -- PROG ARG… | actions [-tpm DEV] -- ACTION… | expected -root DIR -cmdline 'CMDLINE' [-events]")
+	fmt.Fprintln(stderr, "usage: dm-measure boot [-tpm DEV] [-cmdline FILE] -- PROG ARG… | actions [-tpm DEV] -- ACTION… | expected -root DIR -cmdline 'CMDLINE' [-events] | stub | boot-config -- PROG ARG… | expected-systemd -initrd CPIO -root DIR -cmdline 'CMDLINE' [-listen] (systemd.go)")
 	return 2
 }
 
@@ -61,6 +64,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return actions(args[1:], stderr)
 	case "expected":
 		return expected(args[1:], stdout, stderr)
+	case "stub":
+		return stub(args[1:], stderr)
+	case "boot-config":
+		return bootConfig(args[1:], stderr, syscall.Exec, os.Environ(), os.Getpid())
+	case "expected-systemd":
+		return expectedSystemd(args[1:], stdout, stderr)
 	}
 	return usage(stderr)
 }

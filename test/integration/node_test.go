@@ -66,6 +66,15 @@ type boot struct {
 	qemuStart time.Time
 	// measurements is the file of what this boot shows in PCRs 11, 12, 15.
 	measurements string
+	// image is "" for the busybox image, "systemd" for the systemd one.
+	image string
+}
+
+func (b *boot) imageName() string {
+	if b.image == "" {
+		return "busybox"
+	}
+	return b.image
 }
 
 // bootCmdline is the kernel command line (beyond console, quiet, panic) of

@@ -30,6 +30,7 @@ var timings struct {
 
 type bootTiming struct {
 	label          string
+	image          string        // "busybox" or "systemd"
 	toWaiting      time.Duration // 0 when the boot never waited
 	keyServed      string        // "ticket", "dmctl", …
 	servedToMapped time.Duration
@@ -56,7 +57,7 @@ func scenario(t *testing.T) {
 // decryption key" line (zero Line if none), summary the "summary" line,
 // served the host time the key was handed out (zero if not known).
 func recordBoot(t *testing.T, b *boot, waiting, summary vmtest.Line, how string, served time.Time) {
-	bt := bootTiming{label: b.label, keyServed: how, toMapped: summary.At}
+	bt := bootTiming{label: b.label, image: b.imageName(), keyServed: how, toMapped: summary.At}
 	if waiting.Raw != "" {
 		bt.toWaiting = waiting.At
 	}
@@ -84,10 +85,11 @@ func printTimings(stdout io.Writer) {
 		return fmt.Sprintf("%d", d.Milliseconds())
 	}
 	fmt.Fprintf(&b, "\n== integration timings (host clock, TCG) ==\n")
-	fmt.Fprintf(&b, "%-44s %14s %-7s %16s %14s\n", "boot", "QEMU→waiting", "key by", "served→mapped", "QEMU→mapped")
+	fmt.Fprintf(&b, "%-44s %-8s %14s %-7s %16s %14s\n", "boot", "image", "QEMU→waiting", "key by", "served→mapped", "QEMU→mapped")
 	for _, bt := range timings.boots {
-		fmt.Fprintf(&b, "%-44s %12sms %-7s %14sms %12sms\n", bt.label, ms(bt.toWaiting), bt.keyServed, ms(bt.servedToMapped), ms(bt.toMapped))
+		fmt.Fprintf(&b, "%-44s %-8s %12sms %-7s %14sms %12sms\n", bt.label, bt.image, ms(bt.toWaiting), bt.keyServed, ms(bt.servedToMapped), ms(bt.toMapped))
 	}
+	printImageColumns(&b, timings.boots)
 	sc := append([]scenarioTiming(nil), timings.scenarios...)
 	sort.SliceStable(sc, func(i, j int) bool { return false })
 	var total time.Duration

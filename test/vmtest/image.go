@@ -121,3 +121,9 @@ func runLogged(t testing.TB, dir string, env []string, argv ...string) error {
 	}
 	return nil
 }
+
+// RunLogged runs argv in dir, logging its output, and fails with the output.
+func RunLogged(t testing.TB, dir string, argv ...string) error {
+	t.Helper()
+	return runLogged(t, dir, nil, argv...)
+}

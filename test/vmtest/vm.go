@@ -68,6 +68,9 @@ type Config struct {
 	// Timeout bounds the VM's life (then SIGTERM, then SIGKILL); 0 means DefaultTimeout.
 	Timeout  time.Duration
 	MemoryMB int
+	// SMP is the number of vCPUs; 0 means 1 (the busybox image gains
+	// nothing from more; the systemd image's parallel start does).
+	SMP int
 }
 
 // VM is a running (or finished) QEMU guest.
@@ -128,6 +131,9 @@ func Boot(ctx context.Context, t testing.TB, cfg Config) (*VM, error) {
 	if cfg.MemoryMB == 0 {
 		cfg.MemoryMB = DefaultMemoryMB
 	}
+	if cfg.SMP == 0 {
+		cfg.SMP = 1
+	}
 	if cfg.RecoveryGuestPort == 0 {
 		cfg.RecoveryGuestPort = constants.RecoveryPort
 	}
@@ -149,7 +155,7 @@ func Boot(ctx context.Context, t testing.TB, cfg Config) (*VM, error) {
 	args := []string{
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-machine", "q35", "-accel", "tcg", "-cpu", "max",
-		"-m", strconv.Itoa(cfg.MemoryMB), "-smp", "1",
+		"-m", strconv.Itoa(cfg.MemoryMB), "-smp", strconv.Itoa(cfg.SMP),
 		// qboot + PVH vmlinux: no firmware measurements (PCR 0-7 stay zero),
 		// but ~3.8 s faster than SeaBIOS + bzImage, and SeaBIOS + PVH + TPM breaks ACPI.
 		"-bios", "/usr/share/qemu/qboot.rom",
