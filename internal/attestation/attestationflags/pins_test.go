@@ -14,7 +14,9 @@ import (
 
 func TestAKPins(t *testing.T) {
 	fs := afero.NewMemMapFs()
-	_ = afero.WriteFile(fs, "/m.json", []byte(`{"11":"`+strings.Repeat("ab", 32)+`"}`), 0o644)
+	// The image's whole PCR map (11, 12, 15): a partial file is refused on its own.
+	v := `"` + strings.Repeat("ab", 32) + `"`
+	_ = afero.WriteFile(fs, "/m.json", []byte(`{"11":`+v+`,"12":`+v+`,"15":"`+strings.Repeat("00", 32)+`"}`), 0o644)
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	spki, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
 	pin := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: spki})
