@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,7 +78,19 @@ func rejoinNodes(ctx context.Context, n int, addr string, secret masterkey.Maste
 
 func TestRejoinClientsBackOffUnderOverload(t *testing.T) {
 	secret := testutil.NewMasterSecret(t)
-	s, err := New(Config{MasterSecret: secret, MaxConcurrent: 2, Work: func(context.Context) error {
+	// The slots are held until a third admission decision was made (which
+	// must be a refusal): on a loaded machine the nodes' handshakes may
+	// otherwise trickle in slower than 2 slots of 20 ms serve them, and
+	// nothing would be pushed back.
+	var decisions atomic.Int32
+	contended := make(chan struct{})
+	var contendedOnce sync.Once
+	s, err := New(Config{MasterSecret: secret, MaxConcurrent: 2, Work: func(ctx context.Context) error {
+		select {
+		case <-contended:
+		case <-ctx.Done():
+		case <-time.After(5 * time.Second):
+		}
 		time.Sleep(20 * time.Millisecond)
 		return nil
 	}})
@@ -85,7 +98,12 @@ func TestRejoinClientsBackOffUnderOverload(t *testing.T) {
 		t.Fatal(err)
 	}
 	var log requestLog
-	s.observe = log.observe
+	s.observe = func(diskUUID string, admitted bool, retryAfter time.Duration) {
+		log.observe(diskUUID, admitted, retryAfter)
+		if decisions.Add(1) >= 3 {
+			contendedOnce.Do(func() { close(contended) })
+		}
+	}
 	serviceCreds, nodeCreds := atlsPair(t)
 	addr := startService(t, s, serviceCreds)
 
