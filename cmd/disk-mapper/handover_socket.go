@@ -7,10 +7,10 @@ import (
 	"net"
 	"regexp"
 
+	"github.com/diskmapper/disk-mapper/diskencryption"
 	"github.com/diskmapper/disk-mapper/internal/constants"
 	"github.com/diskmapper/disk-mapper/internal/keysocket"
 	"github.com/diskmapper/disk-mapper/internal/logging"
-	cryptsetup "github.com/martinjungblut/go-cryptsetup"
 	"go.uber.org/zap"
 )
 
@@ -70,13 +70,8 @@ func (s *socketHandover) serve(ctx context.Context, mapping string) error {
 	if len(s.key) == 0 {
 		return errors.New("no key was handed over")
 	}
-	dev, err := cryptsetup.InitByName(mapping)
-	if err != nil {
-		return fmt.Errorf("closing our mapping %s: %w", mapping, err)
-	}
-	err = dev.Deactivate(mapping)
-	dev.Free()
-	if err != nil {
+	// Through diskencryption: every libcryptsetup call holds its one lock.
+	if err := diskencryption.Deactivate(mapping); err != nil {
 		return fmt.Errorf("closing our mapping %s: %w", mapping, err)
 	}
 	s.log.Info("Closed our mapping; systemd-cryptsetup maps the disk", logging.Event("mapping_closed"), zap.String("mapping", mapping))
