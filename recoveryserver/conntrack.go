@@ -190,6 +190,12 @@ func (l *trackedListener) closeHandshaking() {
 	l.closeWhere(func(c *trackedConn) bool { return !c.established })
 }
 
+// closeUseless closes the connections that are in their handshake or have
+// sent no useful message, and refuses new ones.
+func (l *trackedListener) closeUseless() {
+	l.closeWhere(func(c *trackedConn) bool { return !c.established || (!c.useful && c.keysPending == 0) })
+}
+
 // closeAll closes every connection and refuses new ones.
 func (l *trackedListener) closeAll() { l.closeWhere(func(*trackedConn) bool { return true }) }
 

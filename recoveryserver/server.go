@@ -44,6 +44,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -93,6 +94,11 @@ type Config struct {
 	// DiskUUID is the lowercase LUKS UUID of the state disk; the server sends
 	// it to the client, which derives the disk key from it.
 	DiskUUID string
+	// Refusal, if set, says why the node refuses its state disk: every push
+	// is then answered FailedPrecondition "state disk refused: <Refusal>"
+	// right after its measurement_secret, before any disk UUID or key is
+	// exchanged (a foreign disk has no UUID to send). See also RefuseWith.
+	Refusal string
 	// Listener is where the server accepts connections. Serve owns it: it is
 	// closed when Serve returns.
 	Listener net.Listener
@@ -176,13 +182,36 @@ func (c Config) withDefaults() Config {
 
 // Server is the RecoveryServer. Create it with New and run it once with Serve.
 type Server struct {
-	cfg    Config
-	served atomic.Bool
+	cfg     Config
+	served  atomic.Bool
+	refusal atomic.Pointer[string]
+	// ready is closed once Serve has logged "Starting RecoveryServer" (the
+	// listener is bound before New), or when Serve refused to start.
+	ready     chan struct{}
+	readyOnce sync.Once
+}
+
+// Ready is closed once Serve has announced the server on the log (or gave
+// up before serving), so the caller can log "Waiting for decryption key"
+// after it (seed order).
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+func (s *Server) markReady() { s.readyOnce.Do(func() { close(s.ready) }) }
+
+// RefuseWith sets Config.Refusal on a Server that is not serving yet
+// (setup.Manager calls it on the sources of a refused disk).
+func (s *Server) RefuseWith(reason string) { s.refusal.Store(&reason) }
+
+func (s *Server) refusalReason() string {
+	if r := s.refusal.Load(); r != nil {
+		return *r
+	}
+	return s.cfg.Refusal
 }
 
 // New returns a Server for cfg. It does not touch the network; Serve does.
 func New(cfg Config) *Server {
-	return &Server{cfg: cfg.withDefaults()}
+	return &Server{cfg: cfg.withDefaults(), ready: make(chan struct{})}
 }
 
 // Name is the key source's name in the race's logs.
@@ -215,6 +244,7 @@ var ErrServed = errors.New("recovery server: Serve called more than once")
 // its stream deadline; waiting streams do not hold anything while their
 // client is slow, because the lock is taken only after the key has arrived.
 func (s *Server) Serve(ctx context.Context, check unlock.Check) error {
+	defer s.markReady()
 	lis := s.cfg.Listener
 	if lis == nil {
 		return errors.New("recovery server: no listener configured")
@@ -232,14 +262,25 @@ func (s *Server) Serve(ctx context.Context, check unlock.Check) error {
 	}
 
 	log := s.cfg.Log
-	log.Info("Starting RecoveryServer", logging.Event("recovery_server_started"),
-		zap.String("address", lis.Addr().String()), zap.String("uuid", s.cfg.DiskUUID))
+	fields := []zap.Field{logging.Event("recovery_server_started"),
+		zap.String("address", lis.Addr().String()), zap.String("uuid", s.cfg.DiskUUID)}
+	if reason := s.refusalReason(); reason != "" {
+		fields = append(fields, zap.String("refusal", reason))
+	}
+	log.Info("Starting RecoveryServer", fields...)
+	s.markReady()
 
-	serveCtx, cancelServe := context.WithCancel(ctx)
+	// serveCtx is not ctx's child: when another source won the race (ctx
+	// ends with cause unlock.ErrDecided) the pushes in flight still get
+	// their answer before it ends (see drain below).
+	serveCtx, cancelServe := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelServe()
 
 	conns := newTrackedListener(lis, s.cfg.MaxConnections, s.cfg.MaxConnectionsPerIP, log)
 	service := newRecoverService(serveCtx, s.cfg, check)
+	if reason := s.refusalReason(); reason != "" {
+		service.refusal = func() string { return reason }
+	}
 	grpcServer := s.newGRPCServer(conns)
 	recoverproto.RegisterAPIServer(grpcServer, service)
 
@@ -249,10 +290,18 @@ func (s *Server) Serve(ctx context.Context, check unlock.Check) error {
 	var result error
 	select {
 	case <-service.accepted:
+		service.decided()
 		s.awaitClientHangUp(service.winnerConn)
 		s.stopGracefully(grpcServer, conns)
 	case <-ctx.Done():
 		result = ctx.Err()
+		if errors.Is(context.Cause(ctx), unlock.ErrDecided) {
+			// Another source's key opened the disk. A push in flight is
+			// answered (already unlocked, or wrong key) before its
+			// connection closes: the operator must not retry for minutes
+			// against a node that unlocked.
+			s.stopGracefully(grpcServer, conns)
+		}
 	case err := <-serveErr:
 		result = err
 		serveErr <- err // drained again below
@@ -270,7 +319,7 @@ func (s *Server) Serve(ctx context.Context, check unlock.Check) error {
 	}
 	service.wait()
 
-	fields := []zap.Field{logging.Event("recovery_server_stopped"), zap.Bool("keyAccepted", service.wasAccepted())}
+	fields = []zap.Field{logging.Event("recovery_server_stopped"), zap.Bool("keyAccepted", service.wasAccepted())}
 	if result != nil {
 		fields = append(fields, zap.Error(result))
 	}
@@ -310,12 +359,17 @@ func (s *Server) awaitClientHangUp(winner *trackedConn) {
 	}
 }
 
-// stopGracefully lets the accepting RPC finish with OK: it closes the
-// connections that are still in their handshake (they carry no RPC and would
-// hold GracefulStop for the handshake timeout), then drains the rest for at
-// most gracefulStopTimeout.
+// stopGracefully runs once the race is decided: it lets the accepting RPC
+// finish with OK and every push that is past its measurement_secret get its
+// true answer (AlreadyExists for the accepted key, PermissionDenied for
+// another; see recoverService.checkAndAccept). It refuses new connections,
+// closes those that have sent nothing useful (still in their handshake, or
+// streams without a valid first message: they carry nothing to answer and
+// would hold GracefulStop), then drains the rest for at most
+// gracefulStopTimeout, so however a peer stalls the node's boot waits no
+// longer than that.
 func (s *Server) stopGracefully(grpcServer *grpc.Server, conns *trackedListener) {
-	conns.closeHandshaking()
+	conns.closeUseless()
 	done := make(chan struct{})
 	go func() {
 		grpcServer.GracefulStop()
