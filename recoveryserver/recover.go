@@ -30,6 +30,9 @@ type recoverService struct {
 	check         unlock.Check
 	log           *zap.Logger
 	refusal       func() string // why the disk is refused; "" when it is not
+	refusalKind   func() (waitingFor, reason string)
+	rejoin        rejoinSnapshot
+	status        statusState
 
 	// checkSlot is a one-slot semaphore around check-and-accept, so the
 	// check never runs twice at once and exactly one key can be accepted.
@@ -60,6 +63,9 @@ func newRecoverService(serveCtx context.Context, cfg Config, check unlock.Check)
 		check:         check,
 		log:           cfg.Log,
 		refusal:       func() string { return "" },
+		refusalKind:   func() (string, string) { return "", "" },
+		rejoin:        cfg.Rejoin,
+		status:        statusState{since: time.Now()},
 		checkSlot:     make(chan struct{}, 1),
 		accepted:      make(chan struct{}),
 		graceOver:     make(chan struct{}),
@@ -173,6 +179,7 @@ func (r *recoverService) checkAndAccept(ctx context.Context, key unlock.Key) err
 		r.log.Info("Received state disk key and measurement secret, shutting down server",
 			logging.Event("recovery_key_accepted"))
 		r.winnerConn, _ = ctx.Value(connCtxKey{}).(*trackedConn)
+		r.status.decided("RecoveryServer")
 		close(r.accepted)
 		return nil
 	}

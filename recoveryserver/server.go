@@ -55,6 +55,7 @@ import (
 
 	"github.com/diskmapper/disk-mapper/internal/constants"
 	"github.com/diskmapper/disk-mapper/internal/logging"
+	"github.com/diskmapper/disk-mapper/internal/nodestatus"
 	"github.com/diskmapper/disk-mapper/internal/unlock"
 	"github.com/diskmapper/disk-mapper/recoverproto"
 )
@@ -99,6 +100,12 @@ type Config struct {
 	// right after its measurement_secret, before any disk UUID or key is
 	// exchanged (a foreign disk has no UUID to send). See also RefuseWith.
 	Refusal string
+	// WaitingFor says what a refused server waits for: WaitingForOperator
+	// (default) or WaitingForDisk. Only the Status RPC reports it.
+	WaitingFor string
+	// Rejoin, if set, reports the RejoinClient's progress for the Status
+	// RPC (a nodestatus.Board's Rejoin method).
+	Rejoin func() nodestatus.Rejoin
 	// Listener is where the server accepts connections. Serve owns it: it is
 	// closed when Serve returns.
 	Listener net.Listener
@@ -184,7 +191,7 @@ func (c Config) withDefaults() Config {
 type Server struct {
 	cfg     Config
 	served  atomic.Bool
-	refusal atomic.Pointer[string]
+	refusal atomic.Pointer[[2]string] // waitingFor, reason
 	// ready is closed once Serve has logged "Starting RecoveryServer" (the
 	// listener is bound before New), or when Serve refused to start.
 	ready     chan struct{}
@@ -198,15 +205,28 @@ func (s *Server) Ready() <-chan struct{} { return s.ready }
 
 func (s *Server) markReady() { s.readyOnce.Do(func() { close(s.ready) }) }
 
-// RefuseWith sets Config.Refusal on a Server that is not serving yet
-// (setup.Manager calls it on the sources of a refused disk).
-func (s *Server) RefuseWith(reason string) { s.refusal.Store(&reason) }
+// RefuseWith sets Config.WaitingFor and Config.Refusal on a Server that is
+// not serving yet (setup.Manager calls it on the sources of a refused or
+// missing disk).
+func (s *Server) RefuseWith(waitingFor, reason string) {
+	s.refusal.Store(&[2]string{waitingFor, reason})
+}
 
 func (s *Server) refusalReason() string {
+	_, reason := s.refusalKind()
+	return reason
+}
+
+func (s *Server) refusalKind() (waitingFor, reason string) {
 	if r := s.refusal.Load(); r != nil {
-		return *r
+		waitingFor, reason = r[0], r[1]
+	} else {
+		waitingFor, reason = s.cfg.WaitingFor, s.cfg.Refusal
 	}
-	return s.cfg.Refusal
+	if reason != "" && waitingFor == "" {
+		waitingFor = WaitingForOperator
+	}
+	return waitingFor, reason
 }
 
 // New returns a Server for cfg. It does not touch the network; Serve does.
@@ -278,8 +298,9 @@ func (s *Server) Serve(ctx context.Context, check unlock.Check) error {
 
 	conns := newTrackedListener(lis, s.cfg.MaxConnections, s.cfg.MaxConnectionsPerIP, log)
 	service := newRecoverService(serveCtx, s.cfg, check)
-	if reason := s.refusalReason(); reason != "" {
+	if waitingFor, reason := s.refusalKind(); reason != "" {
 		service.refusal = func() string { return reason }
+		service.refusalKind = func() (string, string) { return waitingFor, reason }
 	}
 	grpcServer := s.newGRPCServer(conns)
 	recoverproto.RegisterAPIServer(grpcServer, service)
@@ -295,7 +316,8 @@ func (s *Server) Serve(ctx context.Context, check unlock.Check) error {
 		s.stopGracefully(grpcServer, conns)
 	case <-ctx.Done():
 		result = ctx.Err()
-		if errors.Is(context.Cause(ctx), unlock.ErrDecided) {
+		if by, ok := decidedBy(ctx); ok {
+			service.status.decided(by)
 			// Another source's key opened the disk. A push in flight is
 			// answered (already unlocked, or wrong key) before its
 			// connection closes: the operator must not retry for minutes

@@ -210,7 +210,10 @@ func (c *Client) Serve(ctx context.Context, check unlock.Check) (err error) {
 			return err
 		}
 		failedRounds++
-		if err := backoff.Sleep(ctx, c.backoff.FullJitter(failedRounds)); err != nil {
+		delay := c.backoff.FullJitter(failedRounds)
+		c.log.Debug("Waiting before the next rejoin round", logging.Event("rejoin_backoff"),
+			zap.Int64("retryInMs", delay.Milliseconds()), zap.Int("failedRounds", failedRounds))
+		if err := backoff.Sleep(ctx, delay); err != nil {
 			return err
 		}
 	}

@@ -131,7 +131,7 @@ func race(ctx context.Context, log *zap.Logger, test KeyTest, onReady func(), so
 			wonAt = time.Now()
 			result = RaceResult{Key: cloneKey(key), Source: source, Elapsed: wonAt.Sub(start)}
 			winner = cloneKey(key)
-			cancelAll(i, unlock.ErrDecided)
+			cancelAll(i, &unlock.DecidedError{Source: source})
 			return nil
 		}
 	}

@@ -20,7 +20,7 @@ func (m *Manager) waitRefused(ctx context.Context, uuid, reason string) error {
 // refusalSource is a KeySource that can answer pushes with the refusal
 // before any key is exchanged (the RecoveryServer).
 type refusalSource interface {
-	RefuseWith(reason string)
+	RefuseWith(waitingFor, reason string)
 }
 
 // serveRefusal runs only the RecoveryServer, refusing every push with reason,
@@ -35,7 +35,7 @@ func (m *Manager) serveRefusal(ctx context.Context, uuid, reason, reminder, wait
 	}
 	for _, src := range sources {
 		if r, ok := src.(refusalSource); ok {
-			r.RefuseWith(reason)
+			r.RefuseWith(waitingFor, reason)
 		}
 	}
 	stopReminder := m.remind(ctx, reminder, zap.String("reason", reason), zap.String("disk", m.cfg.StateDisk))

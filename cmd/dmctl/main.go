@@ -49,6 +49,8 @@ func run(args []string, stdout, stderr io.Writer, fs afero.Fs) int {
 	switch args[0] {
 	case "recover":
 		return e.recoverCmd(args[1:])
+	case "status":
+		return e.statusCmd(args[1:])
 	case "master-secret":
 		if len(args) < 2 || args[1] != "new" {
 			fmt.Fprintln(stderr, "usage: dmctl master-secret new --out FILE")
@@ -77,6 +79,11 @@ func usage(w io.Writer) {
       a node already unlocked with the same key counts as unlocked
       exit codes: 0 every node unlocked, 1 some node refused (wrong key, refused disk, attestation),
                   3 some node unreachable until --timeout (none refused), 2 usage error
+  dmctl status -e HOST[:PORT] [-e ...] --measurements FILE [--ak-roots FILE]
+               [--client-cert FILE --client-key FILE] [--timeout 30s] [--json]
+      ask each node what it is doing: waiting for its key (since when, rejoin attempts, last error
+      per JoinService endpoint, next retry), state disk refused (reason), waiting for a disk, unlocked;
+      no key is sent; exit codes as for recover
   dmctl master-secret new --out FILE
       create a cluster master secret (mode 0600, never overwrites)
   dmctl measurements --image-measurements FILE --master-secret FILE

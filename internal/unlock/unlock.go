@@ -68,3 +68,13 @@ func (e *AlreadyUnlockedError) Is(target error) bool {
 // that failed verification, no disk, a blank disk it may not enrol); no key
 // can be checked. The error's text carries the reason.
 var ErrRefusedDisk = errors.New("state disk refused")
+
+// DecidedError is the cause (context.Cause) with which the race ends the
+// contexts of the sources that lost: Source's key opened the disk. It
+// matches ErrDecided.
+type DecidedError struct{ Source string }
+
+func (e *DecidedError) Error() string { return ErrDecided.Error() + " (from " + e.Source + ")" }
+
+// Is makes the error match ErrDecided.
+func (e *DecidedError) Is(target error) bool { return target == ErrDecided }
