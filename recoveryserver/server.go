@@ -341,11 +341,11 @@ func (s *Server) Serve(ctx context.Context, check unlock.Check) error {
 	}
 	service.wait()
 
-	fields = []zap.Field{logging.Event("recovery_server_stopped"), zap.Bool("keyAccepted", service.wasAccepted())}
+	stopped := []zap.Field{logging.Event("recovery_server_stopped"), zap.Bool("keyAccepted", service.wasAccepted())}
 	if result != nil {
-		fields = append(fields, zap.Error(result))
+		stopped = append(stopped, zap.Error(result))
 	}
-	log.Info("RecoveryServer stopped", fields...)
+	log.Info("RecoveryServer stopped", stopped...)
 	return result
 }
 
