@@ -33,7 +33,10 @@ type APIClient interface {
 	// Recover: the client sends measurement_secret, the node answers with its
 	// disk_uuid, the client sends state_disk_key, the node checks that the key
 	// opens its disk. OK ends the stream; PermissionDenied / InvalidArgument
-	// refuse the push and the server keeps serving.
+	// refuse the push and the server keeps serving. AlreadyExists: the node is
+	// already unlocked with this very key (a success for the operator).
+	// FailedPrecondition "state disk refused: <reason>", right after
+	// measurement_secret: the node refuses its disk (no disk UUID is sent).
 	Recover(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RecoverMessage, RecoverResponse], error)
 	// Status: what the node is doing (`dmctl status`). Read-only: it carries
 	// no key material, runs no key check, and is served under the same
@@ -79,7 +82,10 @@ type APIServer interface {
 	// Recover: the client sends measurement_secret, the node answers with its
 	// disk_uuid, the client sends state_disk_key, the node checks that the key
 	// opens its disk. OK ends the stream; PermissionDenied / InvalidArgument
-	// refuse the push and the server keeps serving.
+	// refuse the push and the server keeps serving. AlreadyExists: the node is
+	// already unlocked with this very key (a success for the operator).
+	// FailedPrecondition "state disk refused: <reason>", right after
+	// measurement_secret: the node refuses its disk (no disk UUID is sent).
 	Recover(grpc.BidiStreamingServer[RecoverMessage, RecoverResponse]) error
 	// Status: what the node is doing (`dmctl status`). Read-only: it carries
 	// no key material, runs no key check, and is served under the same

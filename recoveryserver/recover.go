@@ -103,7 +103,9 @@ func (r *recoverService) wait() {
 
 // Recover runs one push: measurement_secret → disk UUID → state_disk_key →
 // check. The returned status is what the client sees; nil (OK) only for an
-// accepted key.
+// accepted key; AlreadyExists (StatusAlreadyUnlocked) for the key the node
+// already accepted; FailedPrecondition "state disk refused: <reason>" on a
+// refused or missing disk.
 func (r *recoverService) Recover(stream recoverproto.API_RecoverServer) error {
 	peerAddr := peerAddress(stream.Context())
 	r.log.Info("Received recover call", logging.Event("recover_call_received"), zap.String("peer.address", peerAddr))

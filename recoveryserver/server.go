@@ -244,13 +244,20 @@ var ErrServed = errors.New("recovery server: Serve called more than once")
 // key to check. It returns in exactly one of three ways:
 //
 //   - check accepted a key: Serve returns nil once the accepting RPC has ended
-//     with OK. It stops accepting connections at once, ends every other stream
-//     with FailedPrecondition, waits up to a short bound for the accepting
-//     connection to close cleanly (GracefulStop), then closes every remaining
-//     connection (Stop).
-//   - ctx ends: Serve closes every connection at once, which cancels the
-//     in-flight RPCs (their checks see a cancelled context), and returns
+//     with OK. It stops accepting connections at once, closes those that sent
+//     nothing useful, and lets every other push in flight get its true answer
+//     (the check compares a late key with the accepted one: AlreadyExists for
+//     the same key, PermissionDenied for another); a stream that has not sent
+//     its next message within lateKeyGrace ends with FailedPrecondition. It
+//     waits up to gracefulStopTimeout for all of that (GracefulStop), then
+//     closes every remaining connection (Stop).
+//   - ctx ends with cause unlock.ErrDecided (another source's key won the
+//     race): as above, so that a push racing the winning rejoin hears
+//     "already unlocked" instead of a reset connection; Serve returns
 //     ctx.Err().
+//   - ctx ends otherwise: Serve closes every connection at once, which
+//     cancels the in-flight RPCs (their checks see a cancelled context), and
+//     returns ctx.Err().
 //   - the listener fails: Serve stops as for ctx and returns Accept's error.
 //
 // Connections still in their handshake are closed in every case, so a stalled
