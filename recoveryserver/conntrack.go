@@ -190,10 +190,12 @@ func (l *trackedListener) closeHandshaking() {
 	l.closeWhere(func(c *trackedConn) bool { return !c.established })
 }
 
-// closeUseless closes the connections that are in their handshake or have
-// sent no useful message, and refuses new ones.
+// closeUseless closes the connections that carry nothing to answer (still
+// in their handshake, or without an RPC in flight) and refuses new ones. A
+// connection with a stream open stays: its push (or status call) gets its
+// answer, and a stream that stays silent is ended by the late-key grace.
 func (l *trackedListener) closeUseless() {
-	l.closeWhere(func(c *trackedConn) bool { return !c.established || (!c.useful && c.keysPending == 0) })
+	l.closeWhere(func(c *trackedConn) bool { return !c.established || (c.activeRPCs == 0 && c.keysPending == 0) })
 }
 
 // closeAll closes every connection and refuses new ones.

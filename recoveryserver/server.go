@@ -392,11 +392,10 @@ func (s *Server) awaitClientHangUp(winner *trackedConn) {
 // finish with OK and every push that is past its measurement_secret get its
 // true answer (AlreadyExists for the accepted key, PermissionDenied for
 // another; see recoverService.checkAndAccept). It refuses new connections,
-// closes those that have sent nothing useful (still in their handshake, or
-// streams without a valid first message: they carry nothing to answer and
-// would hold GracefulStop), then drains the rest for at most
-// gracefulStopTimeout, so however a peer stalls the node's boot waits no
-// longer than that.
+// closes those with nothing to answer (still in their handshake, or without
+// an RPC in flight), then drains the rest for at most gracefulStopTimeout;
+// streams that stay silent end after lateKeyGrace. However a peer stalls,
+// the node's boot waits no longer than that.
 func (s *Server) stopGracefully(grpcServer *grpc.Server, conns *trackedListener) {
 	conns.closeUseless()
 	done := make(chan struct{})

@@ -428,3 +428,66 @@ func TestOperatorLogOrder(t *testing.T) {
 	})
 	_ = os.Remove(filepath.Join(dir, "absent.img"))
 }
+
+// A push whose stream is open but whose first message has not arrived when
+// the rejoin wins still gets its answer: the server closes only connections
+// with nothing in flight.
+func TestOperatorSilentStreamAtTheDecisionIsAnswered(t *testing.T) {
+	disk := newOurDisk(t, diskencryption.StateInitialized, anyKey(t))
+	dev, err := diskencryption.Open(disk.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	log, logs := newLog(t, constants.LoggerSetup)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := recoveryserver.New(recoveryserver.Config{DiskUUID: disk.uuid, Listener: lis,
+		Credentials: atls.NewCredentials(atls.Config{Issuer: attestation.NewDevIssuer(log.Named("attestation"))}),
+		Log:         log.Named(constants.LoggerRecoveryServer)})
+	secret := randomKey(t)
+	rejoin := &scriptedRejoin{ticket: unlock.Key{DiskKey: disk.key, MeasurementSecret: secret}, fire: make(chan struct{}), offered: make(chan struct{})}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*hangGuard)
+	defer cancel()
+	raced := make(chan raceOutcome, 1)
+	go func() {
+		res, err := setup.Race(ctx, log, func(k unlock.Key) error { return dev.CheckKey(k.DiskKey) }, srv, rejoin)
+		raced <- raceOutcome{res, err}
+	}()
+	conn, err := grpc.NewClient("passthrough:///"+lis.Addr().String(), grpc.WithTransportCredentials(operatorCreds(t, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := recoverproto.NewAPIClient(conn).Recover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The stream is open on the node (its call was logged), nothing sent.
+	for logs.count("Received recover call") == 0 && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	close(rejoin.fire)
+	<-rejoin.offered
+	p := &pendingStream{conn: conn, stream: stream, cancel: func() {}}
+	var pushErr error
+	if err := stream.Send(secretMsg(secret, nil)); err == nil {
+		if _, err := stream.Recv(); err != nil {
+			pushErr = err
+		} else {
+			pushErr = p.finish(disk.key)
+		}
+	} else {
+		_, pushErr = stream.Recv()
+	}
+	race := <-raced
+	got := fmt.Sprintf("push %s (%s); race won by %s", code(pushErr), status.Convert(pushErr).Message(), race.res.Source)
+	ok := code(pushErr) == "AlreadyExists" && race.res.Source == "RejoinClient"
+	record(t, outcome{Case: "operator: silent push stream open when the rejoin wins", Expected: "AlreadyExists, not a reset",
+		Got: got, Survived: ok})
+	if !ok {
+		t.Errorf("%s\n%s", got, logs)
+	}
+}
