@@ -162,7 +162,13 @@ func race(ctx context.Context, log *zap.Logger, test KeyTest, onReady func(), so
 					return
 				}
 			}
-			onReady()
+			// A key that already won makes the announcement moot.
+			mu.Lock()
+			done := decided
+			mu.Unlock()
+			if !done {
+				onReady()
+			}
 		}()
 	}
 	for i, src := range sources {
