@@ -162,13 +162,7 @@ func race(ctx context.Context, log *zap.Logger, test KeyTest, onReady func(), so
 					return
 				}
 			}
-			// A key that already won makes the announcement moot.
-			mu.Lock()
-			done := decided
-			mu.Unlock()
-			if !done {
-				onReady()
-			}
+			onReady()
 		}()
 	}
 	for i, src := range sources {
