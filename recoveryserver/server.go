@@ -393,17 +393,19 @@ func (s *Server) awaitClientHangUp(winner *trackedConn) {
 // true answer (AlreadyExists for the accepted key, PermissionDenied for
 // another; see recoverService.checkAndAccept). It refuses new connections,
 // closes those with nothing to answer (still in their handshake, or without
-// an RPC in flight), then drains the rest for at most gracefulStopTimeout;
-// streams that stay silent end after lateKeyGrace. However a peer stalls,
-// the node's boot waits no longer than that.
+// an RPC in flight for clientHangUpTimeout; see trackedListener.drain), and
+// waits for the rest for at most gracefulStopTimeout in all; streams that
+// stay silent end after lateKeyGrace. However a peer stalls, the node's
+// boot waits no longer than that.
 func (s *Server) stopGracefully(grpcServer *grpc.Server, conns *trackedListener) {
-	conns.closeUseless()
+	start := time.Now()
+	conns.drain(start.Add(gracefulStopTimeout), clientHangUpTimeout)
 	done := make(chan struct{})
 	go func() {
 		grpcServer.GracefulStop()
 		close(done)
 	}()
-	timer := time.NewTimer(gracefulStopTimeout)
+	timer := time.NewTimer(max(gracefulStopTimeout-time.Since(start), 0))
 	defer timer.Stop()
 	select {
 	case <-done:
