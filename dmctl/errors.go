@@ -24,9 +24,13 @@ var (
 	ErrKeyRefused = errors.New("the node refused the key (PermissionDenied): is this the cluster's master secret?")
 	// ErrInvalid: the node refused the message as malformed (InvalidArgument).
 	ErrInvalid = errors.New("the node refused the request as malformed (InvalidArgument)")
-	// ErrAlreadyUnlocked: the node accepted another key meanwhile
-	// (FailedPrecondition), e.g. from the JoinService.
-	ErrAlreadyUnlocked = errors.New("the node already accepted another key (FailedPrecondition)")
+	// ErrNodeRefused: the node refuses the push (FailedPrecondition): its
+	// state disk is refused (the message says why: "state disk refused:
+	// <reason>"), or it was unlocked before this push's key arrived.
+	ErrNodeRefused = errors.New("the node refuses the push (FailedPrecondition)")
+	// ErrNoDiskUUID: the node named no disk. A node of this version answers
+	// a refused disk with FailedPrecondition instead; an older one sent "".
+	ErrNoDiskUUID = errors.New("the node sent no disk UUID: its state disk is probably refused (see its console, or dmctl status)")
 	// ErrHandshake: the TLS/attestation handshake failed for a reason other
 	// than the network, e.g. the node's measurements are not the expected ones.
 	ErrHandshake = errors.New("the node failed the attested TLS handshake")
@@ -39,6 +43,12 @@ func (p permanentError) Error() string { return p.err.Error() }
 func (p permanentError) Unwrap() error { return p.err }
 
 func permanent(err error) error { return permanentError{err} }
+
+// alreadyUnlocked is the node's answer to a key equal to the one it already
+// accepted (AlreadyExists): the node is unlocked, and the push a success.
+type alreadyUnlocked struct{ message string }
+
+func (a alreadyUnlocked) Error() string { return a.message }
 
 // retryable reports whether another attempt on the node may succeed.
 func retryable(err error) bool {
@@ -67,8 +77,10 @@ func explain(err, handshakeErr error) error {
 		return permanent(fmt.Errorf("%w (%s)", ErrKeyRefused, st.Message()))
 	case codes.InvalidArgument:
 		return permanent(fmt.Errorf("%w: %s", ErrInvalid, st.Message()))
+	case codes.AlreadyExists:
+		return alreadyUnlocked{message: st.Message()}
 	case codes.FailedPrecondition:
-		return permanent(fmt.Errorf("%w: %s", ErrAlreadyUnlocked, st.Message()))
+		return permanent(fmt.Errorf("%w: %s", ErrNodeRefused, st.Message()))
 	case codes.Unavailable:
 		if handshakeErr != nil && !transientNetworkError(handshakeErr) {
 			return permanent(fmt.Errorf("%w: %v", ErrHandshake, handshakeErr))

@@ -65,6 +65,9 @@ func (r *recoverer) runStream(ctx context.Context, client recoverproto.APIClient
 		return "", endedEarly(err)
 	}
 	diskUUID := strings.ToLower(resp.GetDiskUuid())
+	if diskUUID == "" {
+		return "", permanent(ErrNoDiskUUID)
+	}
 	if !diskUUIDPattern.MatchString(diskUUID) {
 		return "", permanent(fmt.Errorf("node sent a malformed disk UUID %q", resp.GetDiskUuid()))
 	}

@@ -56,8 +56,33 @@ const (
 	StageRetrying   Stage = "retrying"   // the attempt failed transiently; the next one follows RetryIn
 	StageDiskUUID   Stage = "disk_uuid"  // the node attested and named its disk; its key is being pushed
 	StagePushed     Stage = "pushed"     // the node accepted the key
-	StageFailed     Stage = "failed"     // the node is given up on; Err says why
+	// StageAlreadyUnlocked: the node was already unlocked with this very
+	// key (by its JoinService, or an earlier push); Detail is its message.
+	StageAlreadyUnlocked Stage = "already_unlocked"
+	StageFailed          Stage = "failed" // the node is given up on; Err says why
 )
+
+// Outcome is what became of one node.
+type Outcome string
+
+// The outcomes of Recover, one per node.
+const (
+	// OutcomeUnlocked: the node accepted the pushed key.
+	OutcomeUnlocked Outcome = "unlocked"
+	// OutcomeAlreadyUnlocked: the node had already accepted this same key
+	// (from its JoinService, or an earlier push). A success.
+	OutcomeAlreadyUnlocked Outcome = "already_unlocked"
+	// OutcomeRefused: the node answered and refused: a key that does not
+	// open its disk (the wrong master secret), a refused state disk, a
+	// failed attestation, a malformed exchange. Retrying does not help.
+	OutcomeRefused Outcome = "refused"
+	// OutcomeUnreachable: no attempt got an answer before the timeout (not
+	// up yet, network, port closed).
+	OutcomeUnreachable Outcome = "unreachable"
+)
+
+// Success reports whether the node is unlocked.
+func (o Outcome) Success() bool { return o == OutcomeUnlocked || o == OutcomeAlreadyUnlocked }
 
 // Progress is one step on one node.
 type Progress struct {
@@ -67,16 +92,20 @@ type Progress struct {
 	DiskUUID string
 	RetryIn  time.Duration
 	Err      error
+	// Detail is the node's own message (StageAlreadyUnlocked).
+	Detail string
 }
 
-// Result is the outcome for one node. Err is nil when the node accepted the
-// key.
+// Result is the outcome for one node. Err is nil when Outcome is a success.
 type Result struct {
 	Endpoint string
 	DiskUUID string
 	Attempts int
 	Duration time.Duration
-	Err      error
+	Outcome  Outcome
+	// Detail is the node's message for OutcomeAlreadyUnlocked.
+	Detail string
+	Err    error
 }
 
 // Recover pushes each node its disk key, all nodes at once, retrying nodes
@@ -137,11 +166,22 @@ func (r *recoverer) recoverNode(ctx context.Context, endpoint string) Result {
 	start := time.Now()
 	res := Result{Endpoint: endpoint}
 	finish := func(err error) Result {
-		res.Err = err
 		res.Duration = time.Since(start)
-		if err == nil {
+		var already alreadyUnlocked
+		switch {
+		case err == nil:
+			res.Outcome = OutcomeUnlocked
 			r.progress(Progress{Endpoint: endpoint, Stage: StagePushed, Attempt: res.Attempts, DiskUUID: res.DiskUUID})
-		} else {
+		case errors.As(err, &already):
+			res.Outcome, res.Detail = OutcomeAlreadyUnlocked, already.message
+			r.progress(Progress{Endpoint: endpoint, Stage: StageAlreadyUnlocked, Attempt: res.Attempts, DiskUUID: res.DiskUUID, Detail: already.message})
+		default:
+			res.Err = err
+			res.Outcome = OutcomeRefused
+			var g gaveUp
+			if errors.As(err, &g) {
+				res.Outcome = OutcomeUnreachable
+			}
 			r.progress(Progress{Endpoint: endpoint, Stage: StageFailed, Attempt: res.Attempts, DiskUUID: res.DiskUUID, Err: err})
 		}
 		return res
@@ -153,14 +193,18 @@ func (r *recoverer) recoverNode(ctx context.Context, endpoint string) Result {
 		if diskUUID != "" {
 			res.DiskUUID = diskUUID
 		}
-		if err == nil {
-			return finish(nil)
+		var already alreadyUnlocked
+		if err == nil || errors.As(err, &already) {
+			return finish(err)
+		}
+		if !retryable(err) && ctx.Err() == nil {
+			return finish(err)
 		}
 		if ctx.Err() != nil {
-			return finish(fmt.Errorf("gave up after %d attempts (timeout): %w", res.Attempts, err))
-		}
-		if !retryable(err) {
-			return finish(err)
+			if _, perm := err.(permanentError); perm {
+				return finish(err)
+			}
+			return finish(gaveUp{fmt.Errorf("gave up after %d attempts (timeout): %w", res.Attempts, err)})
 		}
 		// Equal jitter: at least half of the capped exponential window, so a
 		// node that is not up is not hammered, and at most all of it, so
@@ -168,9 +212,22 @@ func (r *recoverer) recoverNode(ctx context.Context, endpoint string) Result {
 		delay := r.backoff.EqualJitter(res.Attempts)
 		r.progress(Progress{Endpoint: endpoint, Stage: StageRetrying, Attempt: res.Attempts, RetryIn: delay, Err: err})
 		if backoff.Sleep(ctx, delay) != nil {
-			return finish(fmt.Errorf("gave up after %d attempts (timeout): %w", res.Attempts, err))
+			return finish(gaveUp{fmt.Errorf("gave up after %d attempts (timeout): %w", res.Attempts, err)})
 		}
 	}
+}
+
+// gaveUp marks the error of a node that never answered before the timeout.
+type gaveUp struct{ err error }
+
+func (g gaveUp) Error() string { return g.err.Error() }
+func (g gaveUp) Unwrap() error { return g.err }
+
+// GaveUp reports whether err (a Result's or a StageFailed Progress's) means
+// the node never answered before the timeout (OutcomeUnreachable).
+func GaveUp(err error) bool {
+	var g gaveUp
+	return errors.As(err, &g)
 }
 
 func serialised(f func(Progress)) func(Progress) {

@@ -24,6 +24,67 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type StatusResponse_State int32
+
+const (
+	StatusResponse_STATE_UNSPECIFIED StatusResponse_State = 0
+	// The disk is ours and locked; the node waits for its key (RejoinClient
+	// and RecoveryServer race).
+	StatusResponse_WAITING_FOR_KEY StatusResponse_State = 1
+	// The node refuses its state disk (reason says why) and waits for an
+	// operator; pushes are answered "state disk refused: <reason>".
+	StatusResponse_DISK_REFUSED StatusResponse_State = 2
+	// No state disk is attached; the node waits for one.
+	StatusResponse_WAITING_FOR_DISK StatusResponse_State = 3
+	// A key opened the disk; the RecoveryServer is shutting down.
+	StatusResponse_UNLOCKED StatusResponse_State = 4
+)
+
+// Enum value maps for StatusResponse_State.
+var (
+	StatusResponse_State_name = map[int32]string{
+		0: "STATE_UNSPECIFIED",
+		1: "WAITING_FOR_KEY",
+		2: "DISK_REFUSED",
+		3: "WAITING_FOR_DISK",
+		4: "UNLOCKED",
+	}
+	StatusResponse_State_value = map[string]int32{
+		"STATE_UNSPECIFIED": 0,
+		"WAITING_FOR_KEY":   1,
+		"DISK_REFUSED":      2,
+		"WAITING_FOR_DISK":  3,
+		"UNLOCKED":          4,
+	}
+)
+
+func (x StatusResponse_State) Enum() *StatusResponse_State {
+	p := new(StatusResponse_State)
+	*p = x
+	return p
+}
+
+func (x StatusResponse_State) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StatusResponse_State) Descriptor() protoreflect.EnumDescriptor {
+	return file_recoverproto_recover_proto_enumTypes[0].Descriptor()
+}
+
+func (StatusResponse_State) Type() protoreflect.EnumType {
+	return &file_recoverproto_recover_proto_enumTypes[0]
+}
+
+func (x StatusResponse_State) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StatusResponse_State.Descriptor instead.
+func (StatusResponse_State) EnumDescriptor() ([]byte, []int) {
+	return file_recoverproto_recover_proto_rawDescGZIP(), []int{3, 0}
+}
+
 type RecoverMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Request:
@@ -160,6 +221,230 @@ func (x *RecoverResponse) GetDiskUuid() string {
 	return ""
 }
 
+type StatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusRequest) Reset() {
+	*x = StatusRequest{}
+	mi := &file_recoverproto_recover_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusRequest) ProtoMessage() {}
+
+func (x *StatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_recoverproto_recover_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
+func (*StatusRequest) Descriptor() ([]byte, []int) {
+	return file_recoverproto_recover_proto_rawDescGZIP(), []int{2}
+}
+
+type StatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	State StatusResponse_State   `protobuf:"varint,1,opt,name=state,proto3,enum=recoverproto.StatusResponse_State" json:"state,omitempty"`
+	// disk_uuid is the state disk's LUKS UUID ("" when it has none).
+	DiskUuid string `protobuf:"bytes,2,opt,name=disk_uuid,json=diskUuid,proto3" json:"disk_uuid,omitempty"`
+	// reason: why the disk is refused or awaited.
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// waiting_since_unix: when this wait began (seconds since the epoch).
+	WaitingSinceUnix int64 `protobuf:"varint,4,opt,name=waiting_since_unix,json=waitingSinceUnix,proto3" json:"waiting_since_unix,omitempty"`
+	// rejoin_attempts: rejoin-ticket requests sent this wait.
+	RejoinAttempts uint32 `protobuf:"varint,5,opt,name=rejoin_attempts,json=rejoinAttempts,proto3" json:"rejoin_attempts,omitempty"`
+	// endpoints: the JoinService endpoints tried, with their last outcome.
+	Endpoints []*EndpointStatus `protobuf:"bytes,6,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// next_rejoin_unix_ms: when the next rejoin round starts (0: unknown or
+	// a round is under way).
+	NextRejoinUnixMs int64 `protobuf:"varint,7,opt,name=next_rejoin_unix_ms,json=nextRejoinUnixMs,proto3" json:"next_rejoin_unix_ms,omitempty"`
+	// unlocked_by: the key source that won (UNLOCKED): RejoinClient or
+	// RecoveryServer.
+	UnlockedBy string `protobuf:"bytes,8,opt,name=unlocked_by,json=unlockedBy,proto3" json:"unlocked_by,omitempty"`
+	// rejoin_running: whether a RejoinClient runs on this node.
+	RejoinRunning bool `protobuf:"varint,9,opt,name=rejoin_running,json=rejoinRunning,proto3" json:"rejoin_running,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusResponse) Reset() {
+	*x = StatusResponse{}
+	mi := &file_recoverproto_recover_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusResponse) ProtoMessage() {}
+
+func (x *StatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_recoverproto_recover_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
+func (*StatusResponse) Descriptor() ([]byte, []int) {
+	return file_recoverproto_recover_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *StatusResponse) GetState() StatusResponse_State {
+	if x != nil {
+		return x.State
+	}
+	return StatusResponse_STATE_UNSPECIFIED
+}
+
+func (x *StatusResponse) GetDiskUuid() string {
+	if x != nil {
+		return x.DiskUuid
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetWaitingSinceUnix() int64 {
+	if x != nil {
+		return x.WaitingSinceUnix
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetRejoinAttempts() uint32 {
+	if x != nil {
+		return x.RejoinAttempts
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetEndpoints() []*EndpointStatus {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetNextRejoinUnixMs() int64 {
+	if x != nil {
+		return x.NextRejoinUnixMs
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetUnlockedBy() string {
+	if x != nil {
+		return x.UnlockedBy
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetRejoinRunning() bool {
+	if x != nil {
+		return x.RejoinRunning
+	}
+	return false
+}
+
+type EndpointStatus struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Endpoint string                 `protobuf:"bytes,1,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	Attempts uint32                 `protobuf:"varint,2,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// last_error_class: the class of the last failure ("" after a success or
+	// before the first answer), as logged in errorClass.
+	LastErrorClass  string `protobuf:"bytes,3,opt,name=last_error_class,json=lastErrorClass,proto3" json:"last_error_class,omitempty"`
+	LastAttemptUnix int64  `protobuf:"varint,4,opt,name=last_attempt_unix,json=lastAttemptUnix,proto3" json:"last_attempt_unix,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *EndpointStatus) Reset() {
+	*x = EndpointStatus{}
+	mi := &file_recoverproto_recover_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndpointStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndpointStatus) ProtoMessage() {}
+
+func (x *EndpointStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_recoverproto_recover_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndpointStatus.ProtoReflect.Descriptor instead.
+func (*EndpointStatus) Descriptor() ([]byte, []int) {
+	return file_recoverproto_recover_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *EndpointStatus) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *EndpointStatus) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *EndpointStatus) GetLastErrorClass() string {
+	if x != nil {
+		return x.LastErrorClass
+	}
+	return ""
+}
+
+func (x *EndpointStatus) GetLastAttemptUnix() int64 {
+	if x != nil {
+		return x.LastAttemptUnix
+	}
+	return 0
+}
+
 var File_recoverproto_recover_proto protoreflect.FileDescriptor
 
 const file_recoverproto_recover_proto_rawDesc = "" +
@@ -171,9 +456,33 @@ const file_recoverproto_recover_proto_rawDesc = "" +
 	"\x10measurement_salt\x18\x03 \x01(\fR\x0fmeasurementSaltB\t\n" +
 	"\arequest\".\n" +
 	"\x0fRecoverResponse\x12\x1b\n" +
-	"\tdisk_uuid\x18\x01 \x01(\tR\bdiskUuid2Q\n" +
+	"\tdisk_uuid\x18\x01 \x01(\tR\bdiskUuid\"\x0f\n" +
+	"\rStatusRequest\"\xf4\x03\n" +
+	"\x0eStatusResponse\x128\n" +
+	"\x05state\x18\x01 \x01(\x0e2\".recoverproto.StatusResponse.StateR\x05state\x12\x1b\n" +
+	"\tdisk_uuid\x18\x02 \x01(\tR\bdiskUuid\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12,\n" +
+	"\x12waiting_since_unix\x18\x04 \x01(\x03R\x10waitingSinceUnix\x12'\n" +
+	"\x0frejoin_attempts\x18\x05 \x01(\rR\x0erejoinAttempts\x12:\n" +
+	"\tendpoints\x18\x06 \x03(\v2\x1c.recoverproto.EndpointStatusR\tendpoints\x12-\n" +
+	"\x13next_rejoin_unix_ms\x18\a \x01(\x03R\x10nextRejoinUnixMs\x12\x1f\n" +
+	"\vunlocked_by\x18\b \x01(\tR\n" +
+	"unlockedBy\x12%\n" +
+	"\x0erejoin_running\x18\t \x01(\bR\rrejoinRunning\"i\n" +
+	"\x05State\x12\x15\n" +
+	"\x11STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fWAITING_FOR_KEY\x10\x01\x12\x10\n" +
+	"\fDISK_REFUSED\x10\x02\x12\x14\n" +
+	"\x10WAITING_FOR_DISK\x10\x03\x12\f\n" +
+	"\bUNLOCKED\x10\x04\"\x9e\x01\n" +
+	"\x0eEndpointStatus\x12\x1a\n" +
+	"\bendpoint\x18\x01 \x01(\tR\bendpoint\x12\x1a\n" +
+	"\battempts\x18\x02 \x01(\rR\battempts\x12(\n" +
+	"\x10last_error_class\x18\x03 \x01(\tR\x0elastErrorClass\x12*\n" +
+	"\x11last_attempt_unix\x18\x04 \x01(\x03R\x0flastAttemptUnix2\x96\x01\n" +
 	"\x03API\x12J\n" +
-	"\aRecover\x12\x1c.recoverproto.RecoverMessage\x1a\x1d.recoverproto.RecoverResponse(\x010\x01B0Z.github.com/diskmapper/disk-mapper/recoverprotob\x06proto3"
+	"\aRecover\x12\x1c.recoverproto.RecoverMessage\x1a\x1d.recoverproto.RecoverResponse(\x010\x01\x12C\n" +
+	"\x06Status\x12\x1b.recoverproto.StatusRequest\x1a\x1c.recoverproto.StatusResponseB0Z.github.com/diskmapper/disk-mapper/recoverprotob\x06proto3"
 
 var (
 	file_recoverproto_recover_proto_rawDescOnce sync.Once
@@ -187,19 +496,28 @@ func file_recoverproto_recover_proto_rawDescGZIP() []byte {
 	return file_recoverproto_recover_proto_rawDescData
 }
 
-var file_recoverproto_recover_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_recoverproto_recover_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_recoverproto_recover_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_recoverproto_recover_proto_goTypes = []any{
-	(*RecoverMessage)(nil),  // 0: recoverproto.RecoverMessage
-	(*RecoverResponse)(nil), // 1: recoverproto.RecoverResponse
+	(StatusResponse_State)(0), // 0: recoverproto.StatusResponse.State
+	(*RecoverMessage)(nil),    // 1: recoverproto.RecoverMessage
+	(*RecoverResponse)(nil),   // 2: recoverproto.RecoverResponse
+	(*StatusRequest)(nil),     // 3: recoverproto.StatusRequest
+	(*StatusResponse)(nil),    // 4: recoverproto.StatusResponse
+	(*EndpointStatus)(nil),    // 5: recoverproto.EndpointStatus
 }
 var file_recoverproto_recover_proto_depIdxs = []int32{
-	0, // 0: recoverproto.API.Recover:input_type -> recoverproto.RecoverMessage
-	1, // 1: recoverproto.API.Recover:output_type -> recoverproto.RecoverResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	0, // 0: recoverproto.StatusResponse.state:type_name -> recoverproto.StatusResponse.State
+	5, // 1: recoverproto.StatusResponse.endpoints:type_name -> recoverproto.EndpointStatus
+	1, // 2: recoverproto.API.Recover:input_type -> recoverproto.RecoverMessage
+	3, // 3: recoverproto.API.Status:input_type -> recoverproto.StatusRequest
+	2, // 4: recoverproto.API.Recover:output_type -> recoverproto.RecoverResponse
+	4, // 5: recoverproto.API.Status:output_type -> recoverproto.StatusResponse
+	4, // [4:6] is the sub-list for method output_type
+	2, // [2:4] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_recoverproto_recover_proto_init() }
@@ -216,13 +534,14 @@ func file_recoverproto_recover_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_recoverproto_recover_proto_rawDesc), len(file_recoverproto_recover_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   2,
+			NumEnums:      1,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_recoverproto_recover_proto_goTypes,
 		DependencyIndexes: file_recoverproto_recover_proto_depIdxs,
+		EnumInfos:         file_recoverproto_recover_proto_enumTypes,
 		MessageInfos:      file_recoverproto_recover_proto_msgTypes,
 	}.Build()
 	File_recoverproto_recover_proto = out.File

@@ -23,6 +23,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	API_Recover_FullMethodName = "/recoverproto.API/Recover"
+	API_Status_FullMethodName  = "/recoverproto.API/Status"
 )
 
 // APIClient is the client API for API service.
@@ -32,8 +33,15 @@ type APIClient interface {
 	// Recover: the client sends measurement_secret, the node answers with its
 	// disk_uuid, the client sends state_disk_key, the node checks that the key
 	// opens its disk. OK ends the stream; PermissionDenied / InvalidArgument
-	// refuse the push and the server keeps serving.
+	// refuse the push and the server keeps serving. AlreadyExists: the node is
+	// already unlocked with this very key (a success for the operator).
+	// FailedPrecondition "state disk refused: <reason>", right after
+	// measurement_secret: the node refuses its disk (no disk UUID is sent).
 	Recover(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RecoverMessage, RecoverResponse], error)
+	// Status: what the node is doing (`dmctl status`). Read-only: it carries
+	// no key material, runs no key check, and is served under the same
+	// connection, quote, size and time limits as Recover.
+	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 }
 
 type aPIClient struct {
@@ -57,6 +65,16 @@ func (c *aPIClient) Recover(ctx context.Context, opts ...grpc.CallOption) (grpc.
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type API_RecoverClient = grpc.BidiStreamingClient[RecoverMessage, RecoverResponse]
 
+func (c *aPIClient) Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StatusResponse)
+	err := c.cc.Invoke(ctx, API_Status_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // APIServer is the server API for API service.
 // All implementations must embed UnimplementedAPIServer
 // for forward compatibility.
@@ -64,8 +82,15 @@ type APIServer interface {
 	// Recover: the client sends measurement_secret, the node answers with its
 	// disk_uuid, the client sends state_disk_key, the node checks that the key
 	// opens its disk. OK ends the stream; PermissionDenied / InvalidArgument
-	// refuse the push and the server keeps serving.
+	// refuse the push and the server keeps serving. AlreadyExists: the node is
+	// already unlocked with this very key (a success for the operator).
+	// FailedPrecondition "state disk refused: <reason>", right after
+	// measurement_secret: the node refuses its disk (no disk UUID is sent).
 	Recover(grpc.BidiStreamingServer[RecoverMessage, RecoverResponse]) error
+	// Status: what the node is doing (`dmctl status`). Read-only: it carries
+	// no key material, runs no key check, and is served under the same
+	// connection, quote, size and time limits as Recover.
+	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	mustEmbedUnimplementedAPIServer()
 }
 
@@ -78,6 +103,9 @@ type UnimplementedAPIServer struct{}
 
 func (UnimplementedAPIServer) Recover(grpc.BidiStreamingServer[RecoverMessage, RecoverResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method Recover not implemented")
+}
+func (UnimplementedAPIServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Status not implemented")
 }
 func (UnimplementedAPIServer) mustEmbedUnimplementedAPIServer() {}
 func (UnimplementedAPIServer) testEmbeddedByValue()             {}
@@ -107,13 +135,36 @@ func _API_Recover_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type API_RecoverServer = grpc.BidiStreamingServer[RecoverMessage, RecoverResponse]
 
+func _API_Status_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(APIServer).Status(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: API_Status_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(APIServer).Status(ctx, req.(*StatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // API_ServiceDesc is the grpc.ServiceDesc for API service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var API_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "recoverproto.API",
 	HandlerType: (*APIServer)(nil),
-	Methods:     []grpc.MethodDesc{},
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Status",
+			Handler:    _API_Status_Handler,
+		},
+	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Recover",

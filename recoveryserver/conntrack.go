@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc/stats"
@@ -190,6 +191,37 @@ func (l *trackedListener) closeHandshaking() {
 	l.closeWhere(func(c *trackedConn) bool { return !c.established })
 }
 
+// drain runs once the race is decided: it refuses new connections and
+// closes the ones that carry nothing to answer (still in their handshake, or
+// without an RPC in flight for hangUp), until none is left or deadline. A
+// connection with a call in flight stays, so its push (or status call) gets
+// its answer; once the call ended its client has hangUp to read the status
+// and close first: a server that closes a connection whose peer still has
+// bytes in flight makes the kernel send a reset, and the client may lose the
+// status it had not read yet. A stream that stays silent is ended by the
+// late-key grace. It reports whether every connection is gone.
+func (l *trackedListener) drain(deadline time.Time, hangUp time.Duration) bool {
+	for {
+		now := time.Now()
+		l.closeWhere(func(c *trackedConn) bool {
+			return !c.established || (c.activeRPCs == 0 && c.keysPending == 0 && now.Sub(c.idleSince) >= hangUp)
+		})
+		l.mu.Lock()
+		left := len(l.conns)
+		l.mu.Unlock()
+		if left == 0 {
+			return true
+		}
+		if now.After(deadline) {
+			return false
+		}
+		time.Sleep(drainPoll)
+	}
+}
+
+// drainPoll is how often drain looks at the connections.
+const drainPoll = 5 * time.Millisecond
+
 // closeAll closes every connection and refuses new ones.
 func (l *trackedListener) closeAll() { l.closeWhere(func(*trackedConn) bool { return true }) }
 
@@ -224,6 +256,7 @@ func (l *trackedListener) TagConn(ctx context.Context, info *stats.ConnTagInfo) 
 		c, ok := l.conns[info.RemoteAddr.String()]
 		if ok {
 			c.established = true
+			c.idleSince = time.Now()
 		}
 		l.mu.Unlock()
 		if ok {
@@ -253,6 +286,9 @@ func (l *trackedListener) HandleRPC(ctx context.Context, s stats.RPCStats) {
 		c.activeRPCs++
 	case *stats.End:
 		c.activeRPCs--
+		if c.activeRPCs == 0 {
+			c.idleSince = time.Now()
+		}
 	}
 	l.mu.Unlock()
 }
@@ -290,11 +326,12 @@ type trackedConn struct {
 	owner       *trackedListener
 	key         string
 	ip          string
-	seq         uint64 // accept order
-	established bool   // guarded by owner.mu
-	activeRPCs  int    // guarded by owner.mu
-	useful      bool   // a stream sent a valid first message; guarded by owner.mu
-	keysPending int    // streams whose key waits for or runs the check; guarded by owner.mu
+	seq         uint64    // accept order
+	established bool      // guarded by owner.mu
+	activeRPCs  int       // guarded by owner.mu
+	idleSince   time.Time // established, or last RPC ended; guarded by owner.mu
+	useful      bool      // a stream sent a valid first message; guarded by owner.mu
+	keysPending int       // streams whose key waits for or runs the check; guarded by owner.mu
 	closeOnce   sync.Once
 	closed      chan struct{} // closed once the connection is closed (by either side)
 }

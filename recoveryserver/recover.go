@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -27,6 +29,10 @@ type recoverService struct {
 	msgTimeout    time.Duration
 	check         unlock.Check
 	log           *zap.Logger
+	refusal       func() string // why the disk is refused; "" when it is not
+	refusalKind   func() (waitingFor, reason string)
+	rejoin        rejoinSnapshot
+	status        statusState
 
 	// checkSlot is a one-slot semaphore around check-and-accept, so the
 	// check never runs twice at once and exactly one key can be accepted.
@@ -38,6 +44,11 @@ type recoverService struct {
 	// winnerConn is the connection that carried the accepted key (set
 	// before accepted is closed; nil if it could not be told).
 	winnerConn *trackedConn
+	// graceOver is closed lateKeyGrace after the race was decided: a stream
+	// still waiting for a message then ends with errAlreadyAccepted.
+	graceOver  chan struct{}
+	graceOnce  sync.Once
+	graceTimer atomic.Pointer[time.Timer]
 	// receivers counts the goroutines blocked in stream.Recv, so that Serve
 	// can wait for them after gRPC closed every stream.
 	receivers sync.WaitGroup
@@ -51,8 +62,13 @@ func newRecoverService(serveCtx context.Context, cfg Config, check unlock.Check)
 		msgTimeout:    cfg.MessageTimeout,
 		check:         check,
 		log:           cfg.Log,
+		refusal:       func() string { return "" },
+		refusalKind:   func() (string, string) { return "", "" },
+		rejoin:        cfg.Rejoin,
+		status:        statusState{since: time.Now()},
 		checkSlot:     make(chan struct{}, 1),
 		accepted:      make(chan struct{}),
+		graceOver:     make(chan struct{}),
 	}
 }
 
@@ -65,13 +81,31 @@ func (r *recoverService) wasAccepted() bool {
 	}
 }
 
+// lateKeyGrace is how long, once the race is decided, a stream may still take
+// to deliver its next message and have it answered. dmctl sends its key
+// milliseconds after the disk UUID; a client slower than this learns only
+// that the node is unlocked.
+const lateKeyGrace = time.Second
+
+// decided starts the late-key grace period; calling it again is a no-op.
+func (r *recoverService) decided() {
+	r.graceOnce.Do(func() { r.graceTimer.Store(time.AfterFunc(lateKeyGrace, func() { close(r.graceOver) })) })
+}
+
 // wait returns once every receiving goroutine has ended. Call it only after
 // the gRPC server stopped (which ends every stream and so every Recv).
-func (r *recoverService) wait() { r.receivers.Wait() }
+func (r *recoverService) wait() {
+	r.receivers.Wait()
+	if t := r.graceTimer.Load(); t != nil {
+		t.Stop()
+	}
+}
 
 // Recover runs one push: measurement_secret → disk UUID → state_disk_key →
 // check. The returned status is what the client sees; nil (OK) only for an
-// accepted key.
+// accepted key; AlreadyExists (StatusAlreadyUnlocked) for the key the node
+// already accepted; FailedPrecondition "state disk refused: <reason>" on a
+// refused or missing disk.
 func (r *recoverService) Recover(stream recoverproto.API_RecoverServer) error {
 	peerAddr := peerAddress(stream.Context())
 	r.log.Info("Received recover call", logging.Event("recover_call_received"), zap.String("peer.address", peerAddr))
@@ -101,6 +135,11 @@ func (r *recoverService) recover(ctx context.Context, stream recoverproto.API_Re
 		return err
 	}
 	markUseful(ctx)
+	if reason := r.refusal(); reason != "" {
+		// No disk UUID (a foreign disk has none) and no key: the operator
+		// learns why the node waits, and no key leaves dmctl for nothing.
+		return refusedStatus(reason)
+	}
 	if err := stream.Send(&recoverproto.RecoverResponse{DiskUuid: r.diskUUID}); err != nil {
 		return err
 	}
@@ -124,24 +163,25 @@ func (r *recoverService) recover(ctx context.Context, stream recoverproto.API_Re
 
 // checkAndAccept runs check under the one-slot lock and, if it accepts,
 // marks the server as done.
+//
+// Once the race is decided (by this server or another source) the check still
+// runs: it compares the key with the winning one at no disk cost, so a late
+// push learns the truth (AlreadyExists for the same key, PermissionDenied for
+// another) instead of a blanket refusal.
 func (r *recoverService) checkAndAccept(ctx context.Context, key unlock.Key) error {
 	select {
 	case r.checkSlot <- struct{}{}:
-	case <-r.accepted:
-		return errAlreadyAccepted
 	case <-ctx.Done():
 		return r.contextStatus(ctx)
 	}
 	defer func() { <-r.checkSlot }()
-	if r.wasAccepted() {
-		return errAlreadyAccepted
-	}
 
 	err := r.check(ctx, key)
 	if err == nil {
 		r.log.Info("Received state disk key and measurement secret, shutting down server",
 			logging.Event("recovery_key_accepted"))
 		r.winnerConn, _ = ctx.Value(connCtxKey{}).(*trackedConn)
+		r.status.decided("RecoveryServer")
 		close(r.accepted)
 		return nil
 	}
@@ -150,10 +190,53 @@ func (r *recoverService) checkAndAccept(ctx context.Context, key unlock.Key) err
 
 var errAlreadyAccepted = status.Error(codes.FailedPrecondition, "this node already accepted a key and is shutting down its recovery server")
 
+// StatusAlreadyUnlocked is the code of a push whose key equals the one the
+// node already accepted: the node is unlocked, nothing is left to do. dmctl
+// counts it as a success.
+const StatusAlreadyUnlocked = codes.AlreadyExists
+
+// alreadyUnlockedStatus names who unlocked the node. The message is fixed
+// per source; nothing the client sent is echoed.
+func alreadyUnlockedStatus(source string) error {
+	by := "an operator's push of this key"
+	if source == "RejoinClient" {
+		by = "its JoinService"
+	}
+	return status.Error(StatusAlreadyUnlocked, "already unlocked by "+by+": the key you pushed is the one the node accepted")
+}
+
+// maxReasonLen bounds the refusal reason sent to a client; it is the node's
+// own text, but it may quote header fields the host wrote.
+const maxReasonLen = 512
+
+// refusedStatus is the answer of a node that refuses its state disk.
+func refusedStatus(reason string) error {
+	return status.Error(codes.FailedPrecondition, "state disk refused: "+sanitizeReason(reason))
+}
+
+func sanitizeReason(s string) string {
+	out := make([]rune, 0, len(s))
+	for _, c := range s {
+		if c < 0x20 || c == 0x7f {
+			c = '?'
+		}
+		out = append(out, c)
+	}
+	if len(out) > maxReasonLen {
+		out = append(out[:maxReasonLen], '…')
+	}
+	return string(out)
+}
+
 // checkStatus maps a refusal of the check to the status the client sees. The
 // messages are fixed strings: nothing the client sent is echoed.
 func (r *recoverService) checkStatus(ctx context.Context, err error) error {
+	var already *unlock.AlreadyUnlockedError
 	switch {
+	case errors.As(err, &already):
+		return alreadyUnlockedStatus(already.Source)
+	case errors.Is(err, unlock.ErrRefusedDisk):
+		return refusedStatus(strings.TrimPrefix(err.Error(), unlock.ErrRefusedDisk.Error()+": "))
 	case errors.Is(err, unlock.ErrWrongKey):
 		return status.Error(codes.PermissionDenied, "the state disk key does not open this node's disk")
 	case errors.Is(err, unlock.ErrMalformed):
@@ -198,8 +281,8 @@ func (r *recoverService) recvWithin(ctx context.Context, stream recoverproto.API
 	return msg, err
 }
 
-// recv receives one message, giving up when ctx ends or a key was accepted
-// elsewhere. stream.Recv itself cannot be interrupted: the goroutine ends
+// recv receives one message, giving up when ctx ends. A decided race does not
+// cut it short: the push in flight gets its true answer (see Serve). stream.Recv itself cannot be interrupted: the goroutine ends
 // once the handler has returned and gRPC has closed the stream.
 func (r *recoverService) recv(ctx context.Context, stream recoverproto.API_RecoverServer) (*recoverproto.RecoverMessage, error) {
 	type result struct {
@@ -224,7 +307,7 @@ func (r *recoverService) recv(ctx context.Context, stream recoverproto.API_Recov
 			return nil, status.Error(codes.InvalidArgument, "the client closed the stream before sending measurement_secret and state_disk_key")
 		}
 		return res.msg, res.err
-	case <-r.accepted:
+	case <-r.graceOver:
 		return nil, errAlreadyAccepted
 	case <-ctx.Done():
 		return nil, r.contextStatus(ctx)

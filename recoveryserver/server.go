@@ -44,6 +44,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -54,6 +55,7 @@ import (
 
 	"github.com/diskmapper/disk-mapper/internal/constants"
 	"github.com/diskmapper/disk-mapper/internal/logging"
+	"github.com/diskmapper/disk-mapper/internal/nodestatus"
 	"github.com/diskmapper/disk-mapper/internal/unlock"
 	"github.com/diskmapper/disk-mapper/recoverproto"
 )
@@ -93,6 +95,17 @@ type Config struct {
 	// DiskUUID is the lowercase LUKS UUID of the state disk; the server sends
 	// it to the client, which derives the disk key from it.
 	DiskUUID string
+	// Refusal, if set, says why the node refuses its state disk: every push
+	// is then answered FailedPrecondition "state disk refused: <Refusal>"
+	// right after its measurement_secret, before any disk UUID or key is
+	// exchanged (a foreign disk has no UUID to send). See also RefuseWith.
+	Refusal string
+	// WaitingFor says what a refused server waits for: WaitingForOperator
+	// (default) or WaitingForDisk. Only the Status RPC reports it.
+	WaitingFor string
+	// Rejoin, if set, reports the RejoinClient's progress for the Status
+	// RPC (a nodestatus.Board's Rejoin method).
+	Rejoin func() nodestatus.Rejoin
 	// Listener is where the server accepts connections. Serve owns it: it is
 	// closed when Serve returns.
 	Listener net.Listener
@@ -176,13 +189,49 @@ func (c Config) withDefaults() Config {
 
 // Server is the RecoveryServer. Create it with New and run it once with Serve.
 type Server struct {
-	cfg    Config
-	served atomic.Bool
+	cfg     Config
+	served  atomic.Bool
+	refusal atomic.Pointer[[2]string] // waitingFor, reason
+	// ready is closed once Serve has logged "Starting RecoveryServer" (the
+	// listener is bound before New), or when Serve refused to start.
+	ready     chan struct{}
+	readyOnce sync.Once
+}
+
+// Ready is closed once Serve has announced the server on the log (or gave
+// up before serving), so the caller can log "Waiting for decryption key"
+// after it (seed order).
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+func (s *Server) markReady() { s.readyOnce.Do(func() { close(s.ready) }) }
+
+// RefuseWith sets Config.WaitingFor and Config.Refusal on a Server that is
+// not serving yet (setup.Manager calls it on the sources of a refused or
+// missing disk).
+func (s *Server) RefuseWith(waitingFor, reason string) {
+	s.refusal.Store(&[2]string{waitingFor, reason})
+}
+
+func (s *Server) refusalReason() string {
+	_, reason := s.refusalKind()
+	return reason
+}
+
+func (s *Server) refusalKind() (waitingFor, reason string) {
+	if r := s.refusal.Load(); r != nil {
+		waitingFor, reason = r[0], r[1]
+	} else {
+		waitingFor, reason = s.cfg.WaitingFor, s.cfg.Refusal
+	}
+	if reason != "" && waitingFor == "" {
+		waitingFor = WaitingForOperator
+	}
+	return waitingFor, reason
 }
 
 // New returns a Server for cfg. It does not touch the network; Serve does.
 func New(cfg Config) *Server {
-	return &Server{cfg: cfg.withDefaults()}
+	return &Server{cfg: cfg.withDefaults(), ready: make(chan struct{})}
 }
 
 // Name is the key source's name in the race's logs.
@@ -195,13 +244,20 @@ var ErrServed = errors.New("recovery server: Serve called more than once")
 // key to check. It returns in exactly one of three ways:
 //
 //   - check accepted a key: Serve returns nil once the accepting RPC has ended
-//     with OK. It stops accepting connections at once, ends every other stream
-//     with FailedPrecondition, waits up to a short bound for the accepting
-//     connection to close cleanly (GracefulStop), then closes every remaining
-//     connection (Stop).
-//   - ctx ends: Serve closes every connection at once, which cancels the
-//     in-flight RPCs (their checks see a cancelled context), and returns
+//     with OK. It stops accepting connections at once, closes those that sent
+//     nothing useful, and lets every other push in flight get its true answer
+//     (the check compares a late key with the accepted one: AlreadyExists for
+//     the same key, PermissionDenied for another); a stream that has not sent
+//     its next message within lateKeyGrace ends with FailedPrecondition. It
+//     waits up to gracefulStopTimeout for all of that (GracefulStop), then
+//     closes every remaining connection (Stop).
+//   - ctx ends with cause unlock.ErrDecided (another source's key won the
+//     race): as above, so that a push racing the winning rejoin hears
+//     "already unlocked" instead of a reset connection; Serve returns
 //     ctx.Err().
+//   - ctx ends otherwise: Serve closes every connection at once, which
+//     cancels the in-flight RPCs (their checks see a cancelled context), and
+//     returns ctx.Err().
 //   - the listener fails: Serve stops as for ctx and returns Accept's error.
 //
 // Connections still in their handshake are closed in every case, so a stalled
@@ -215,6 +271,7 @@ var ErrServed = errors.New("recovery server: Serve called more than once")
 // its stream deadline; waiting streams do not hold anything while their
 // client is slow, because the lock is taken only after the key has arrived.
 func (s *Server) Serve(ctx context.Context, check unlock.Check) error {
+	defer s.markReady()
 	lis := s.cfg.Listener
 	if lis == nil {
 		return errors.New("recovery server: no listener configured")
@@ -232,14 +289,26 @@ func (s *Server) Serve(ctx context.Context, check unlock.Check) error {
 	}
 
 	log := s.cfg.Log
-	log.Info("Starting RecoveryServer", logging.Event("recovery_server_started"),
-		zap.String("address", lis.Addr().String()), zap.String("uuid", s.cfg.DiskUUID))
+	fields := []zap.Field{logging.Event("recovery_server_started"),
+		zap.String("address", lis.Addr().String()), zap.String("uuid", s.cfg.DiskUUID)}
+	if reason := s.refusalReason(); reason != "" {
+		fields = append(fields, zap.String("refusal", reason))
+	}
+	log.Info("Starting RecoveryServer", fields...)
+	s.markReady()
 
-	serveCtx, cancelServe := context.WithCancel(ctx)
+	// serveCtx is not ctx's child: when another source won the race (ctx
+	// ends with cause unlock.ErrDecided) the pushes in flight still get
+	// their answer before it ends (see drain below).
+	serveCtx, cancelServe := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelServe()
 
 	conns := newTrackedListener(lis, s.cfg.MaxConnections, s.cfg.MaxConnectionsPerIP, log)
 	service := newRecoverService(serveCtx, s.cfg, check)
+	if waitingFor, reason := s.refusalKind(); reason != "" {
+		service.refusal = func() string { return reason }
+		service.refusalKind = func() (string, string) { return waitingFor, reason }
+	}
 	grpcServer := s.newGRPCServer(conns)
 	recoverproto.RegisterAPIServer(grpcServer, service)
 
@@ -249,10 +318,19 @@ func (s *Server) Serve(ctx context.Context, check unlock.Check) error {
 	var result error
 	select {
 	case <-service.accepted:
+		service.decided()
 		s.awaitClientHangUp(service.winnerConn)
 		s.stopGracefully(grpcServer, conns)
 	case <-ctx.Done():
 		result = ctx.Err()
+		if by, ok := decidedBy(ctx); ok {
+			service.status.decided(by)
+			// Another source's key opened the disk. A push in flight is
+			// answered (already unlocked, or wrong key) before its
+			// connection closes: the operator must not retry for minutes
+			// against a node that unlocked.
+			s.stopGracefully(grpcServer, conns)
+		}
 	case err := <-serveErr:
 		result = err
 		serveErr <- err // drained again below
@@ -270,11 +348,11 @@ func (s *Server) Serve(ctx context.Context, check unlock.Check) error {
 	}
 	service.wait()
 
-	fields := []zap.Field{logging.Event("recovery_server_stopped"), zap.Bool("keyAccepted", service.wasAccepted())}
+	stopped := []zap.Field{logging.Event("recovery_server_stopped"), zap.Bool("keyAccepted", service.wasAccepted())}
 	if result != nil {
-		fields = append(fields, zap.Error(result))
+		stopped = append(stopped, zap.Error(result))
 	}
-	log.Info("RecoveryServer stopped", fields...)
+	log.Info("RecoveryServer stopped", stopped...)
 	return result
 }
 
@@ -310,18 +388,24 @@ func (s *Server) awaitClientHangUp(winner *trackedConn) {
 	}
 }
 
-// stopGracefully lets the accepting RPC finish with OK: it closes the
-// connections that are still in their handshake (they carry no RPC and would
-// hold GracefulStop for the handshake timeout), then drains the rest for at
-// most gracefulStopTimeout.
+// stopGracefully runs once the race is decided: it lets the accepting RPC
+// finish with OK and every push that is past its measurement_secret get its
+// true answer (AlreadyExists for the accepted key, PermissionDenied for
+// another; see recoverService.checkAndAccept). It refuses new connections,
+// closes those with nothing to answer (still in their handshake, or without
+// an RPC in flight for clientHangUpTimeout; see trackedListener.drain), and
+// waits for the rest for at most gracefulStopTimeout in all; streams that
+// stay silent end after lateKeyGrace. However a peer stalls, the node's
+// boot waits no longer than that.
 func (s *Server) stopGracefully(grpcServer *grpc.Server, conns *trackedListener) {
-	conns.closeHandshaking()
+	start := time.Now()
+	conns.drain(start.Add(gracefulStopTimeout), clientHangUpTimeout)
 	done := make(chan struct{})
 	go func() {
 		grpcServer.GracefulStop()
 		close(done)
 	}()
-	timer := time.NewTimer(gracefulStopTimeout)
+	timer := time.NewTimer(max(gracefulStopTimeout-time.Since(start), 0))
 	defer timer.Stop()
 	select {
 	case <-done:

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/diskmapper/disk-mapper/internal/backoff"
@@ -112,7 +113,14 @@ type Client struct {
 	// conns holds connections kept from pushed-back attempts, by endpoint.
 	// Only Serve's goroutine touches it; all are closed when Serve returns.
 	conns map[string]*grpc.ClientConn
+	// ready is closed once Serve has logged "Starting RejoinClient".
+	ready     chan struct{}
+	readyOnce sync.Once
 }
+
+// Ready is closed once Serve has announced the client on the log, so the
+// caller can log "Waiting for decryption key" after it (seed order).
+func (c *Client) Ready() <-chan struct{} { return c.ready }
 
 // New returns a Client for cfg, filling in defaults.
 func New(cfg Config) *Client {
@@ -126,6 +134,7 @@ func New(cfg Config) *Client {
 		rand:           cfg.Rand,
 		notBefore:      map[string]time.Time{},
 		conns:          map[string]*grpc.ClientConn{},
+		ready:          make(chan struct{}),
 	}
 	if c.log == nil {
 		c.log = zap.NewNop()
@@ -162,6 +171,7 @@ var errAllFailed = errors.New("failed to rejoin on all endpoints")
 func (c *Client) Serve(ctx context.Context, check unlock.Check) (err error) {
 	start := time.Now()
 	c.log.Info("Starting RejoinClient", logging.Event("rejoin_client_started"))
+	c.readyOnce.Do(func() { close(c.ready) })
 	defer func() {
 		c.log.Info("RejoinClient stopped", logging.Event("rejoin_client_stopped"),
 			zap.Bool("keyAccepted", err == nil), zap.NamedError("reason", err),
@@ -200,7 +210,10 @@ func (c *Client) Serve(ctx context.Context, check unlock.Check) (err error) {
 			return err
 		}
 		failedRounds++
-		if err := backoff.Sleep(ctx, c.backoff.FullJitter(failedRounds)); err != nil {
+		delay := c.backoff.FullJitter(failedRounds)
+		c.log.Debug("Waiting before the next rejoin round", logging.Event("rejoin_backoff"),
+			zap.Int64("retryInMs", delay.Milliseconds()), zap.Int("failedRounds", failedRounds))
+		if err := backoff.Sleep(ctx, delay); err != nil {
 			return err
 		}
 	}

@@ -62,7 +62,7 @@ func TestBlankDiskHeaderRewrittenDuringKeyWaitIsRefused(t *testing.T) {
 	if len(modes) != 2 || modes[0] != ModeBlank || modes[1] != ModeRefused {
 		t.Fatalf("source modes %v, want blank then refused", modes)
 	}
-	if !errors.Is(refusedAnswer, unlock.ErrMalformed) {
+	if !errors.Is(refusedAnswer, unlock.ErrRefusedDisk) {
 		t.Fatalf("push to the refused node answered %v", refusedAnswer)
 	}
 	var refusal map[string]any

@@ -2,6 +2,7 @@ package setup
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"sync"
@@ -52,9 +53,14 @@ var ErrNoSource = errors.New("every key source stopped without a key")
 //     that source goes on.
 //  3. The first winning key decides the race: the context of every other
 //     source is cancelled at once, which cancels their in-flight RPCs; later
-//     candidates get unlock.ErrDecided. The winner's own context stays live
-//     so it can finish the accepting RPC cleanly (the operator sees OK); it
-//     stops on its own because its check returned nil.
+//     candidates get an error wrapping unlock.ErrDecided: an
+//     unlock.AlreadyUnlockedError if they equal the winning key, else one
+//     that also wraps unlock.ErrWrongKey. The other sources' contexts end
+//     with cause unlock.ErrDecided (context.Cause), so the RecoveryServer
+//     can still answer the pushes in flight truthfully before it stops.
+//     The winner's own context stays live so it can finish the accepting
+//     RPC cleanly (the operator sees OK); it stops on its own because its
+//     check returned nil.
 //  4. Race returns only after every source's Serve has returned, so no
 //     goroutine outlives it; RaceResult.Stopped measures that shutdown.
 //  5. A source that fails on its own (a listener error, say) is logged; the
@@ -62,34 +68,57 @@ var ErrNoSource = errors.New("every key source stopped without a key")
 //     ErrNoSource.
 //  6. If ctx ends first, Race stops every source and returns ctx.Err().
 func Race(ctx context.Context, log *zap.Logger, test KeyTest, sources ...KeySource) (RaceResult, error) {
+	return race(ctx, log, test, nil, sources)
+}
+
+// ReadySource is a KeySource that says when it has announced itself on the
+// log ("Starting RecoveryServer", "Starting RejoinClient"). Its channel must
+// also close if Serve returns before that.
+type ReadySource interface {
+	KeySource
+	Ready() <-chan struct{}
+}
+
+// race is Race; onReady, if set, runs once every source is ready (a
+// ReadySource's Ready closed, or its Serve returned; any other source as
+// soon as its Serve was called) and before ctx ends, on its own goroutine,
+// and has returned when race returns.
+func race(ctx context.Context, log *zap.Logger, test KeyTest, onReady func(), sources []KeySource) (RaceResult, error) {
 	start := time.Now()
-	cancels := make([]context.CancelFunc, len(sources))
+	cancels := make([]context.CancelCauseFunc, len(sources))
 	ctxs := make([]context.Context, len(sources))
 	for i := range sources {
-		ctxs[i], cancels[i] = context.WithCancel(ctx)
+		ctxs[i], cancels[i] = context.WithCancelCause(ctx)
 	}
-	cancelAll := func(except int) {
+	// cancelAll ends every source's context but except's; cause tells a
+	// source why (unlock.ErrDecided: another key won, answer late pushes).
+	cancelAll := func(except int, cause error) {
 		for i, c := range cancels {
 			if i != except {
-				c()
+				c(cause)
 			}
 		}
 	}
-	defer cancelAll(-1)
+	defer cancelAll(-1, context.Canceled)
 
 	var (
 		mu      sync.Mutex // serialises test and the decision
 		decided bool
 		result  RaceResult
 		wonAt   time.Time
+		// winner is the race's own copy of the winning key, to answer
+		// late candidates truthfully; zeroed when Race returns, after
+		// every source (and so every check) has returned.
+		winner unlock.Key
 	)
+	defer func() { winner.Zero() }()
 	checkFor := func(i int) unlock.Check {
 		source := sources[i].Name()
 		return func(ctx context.Context, key unlock.Key) error {
 			mu.Lock()
 			defer mu.Unlock()
 			if decided {
-				return unlock.ErrDecided
+				return lateCandidate(key, winner, result.Source)
 			}
 			if err := ctx.Err(); err != nil {
 				return err
@@ -101,16 +130,46 @@ func Race(ctx context.Context, log *zap.Logger, test KeyTest, sources ...KeySour
 			decided = true
 			wonAt = time.Now()
 			result = RaceResult{Key: cloneKey(key), Source: source, Elapsed: wonAt.Sub(start)}
-			cancelAll(i)
+			winner = cloneKey(key)
+			cancelAll(i, &unlock.DecidedError{Source: source})
 			return nil
 		}
 	}
 
 	var wg sync.WaitGroup
+	readies := make([]<-chan struct{}, len(sources))
+	returned := make([]chan struct{}, len(sources))
+	for i, src := range sources {
+		returned[i] = make(chan struct{})
+		if rs, ok := src.(ReadySource); ok {
+			readies[i] = rs.Ready()
+		} else {
+			// Ready as soon as its Serve is called (below).
+			ch := make(chan struct{})
+			close(ch)
+			readies[i] = ch
+		}
+	}
+	if onReady != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range sources {
+				select {
+				case <-readies[i]:
+				case <-returned[i]:
+				case <-ctx.Done():
+					return
+				}
+			}
+			onReady()
+		}()
+	}
 	for i, src := range sources {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer close(returned[i])
 			err := src.Serve(ctxs[i], checkFor(i))
 			if err != nil && ctxs[i].Err() == nil {
 				log.Error("Key source stopped", logging.Event("key_source_failed"), zap.String("source", src.Name()), zap.Error(err))
@@ -129,6 +188,20 @@ func Race(ctx context.Context, log *zap.Logger, test KeyTest, sources ...KeySour
 		return RaceResult{}, err
 	}
 	return RaceResult{}, fmt.Errorf("%w (%d sources)", ErrNoSource, len(sources))
+}
+
+// lateCandidate answers a candidate that arrives once the race is decided:
+// the same disk key and measurement secret as the winner's means the node
+// is already unlocked with it (a repeated push, or the operator pushing what
+// the JoinService delivered first); anything else is a key that does not
+// open the disk (the operator holds another master secret), and must be
+// told so. Both wrap unlock.ErrDecided, so the source stops.
+func lateCandidate(key, winner unlock.Key, source string) error {
+	if len(key.DiskKey) > 0 && subtle.ConstantTimeCompare(key.DiskKey, winner.DiskKey) == 1 &&
+		subtle.ConstantTimeCompare(key.MeasurementSecret, winner.MeasurementSecret) == 1 {
+		return &unlock.AlreadyUnlockedError{Source: source}
+	}
+	return fmt.Errorf("%w, and this key is not the accepted one: %w", unlock.ErrDecided, unlock.ErrWrongKey)
 }
 
 func cloneKey(k unlock.Key) unlock.Key {

@@ -145,7 +145,7 @@ func (m *Manager) waitForDisk(ctx context.Context) (diskencryption.Probe, error)
 
 	waitCtx, stopWaiting := context.WithCancel(ctx)
 	refused := make(chan error, 1)
-	go func() { refused <- m.serveRefusal(waitCtx, "", "no state disk", "Waiting for state disk") }()
+	go func() { refused <- m.serveRefusal(waitCtx, "", "no state disk", "Waiting for state disk", "disk") }()
 	defer func() { stopWaiting(); <-refused }()
 
 	tick := time.NewTicker(250 * time.Millisecond)

@@ -198,7 +198,7 @@ func TestRefusedDisksAreNeverTouched(t *testing.T) {
 			if len(l.modes) != 1 || l.modes[0] != ModeRefused {
 				t.Fatalf("modes %v", l.modes)
 			}
-			if len(answers) != 1 || !errors.Is(answers[0], unlock.ErrMalformed) {
+			if len(answers) != 1 || !errors.Is(answers[0], unlock.ErrRefusedDisk) {
 				t.Fatalf("push answered %v", answers)
 			}
 			if disks.formatted != 0 || (disks.disk != nil && (len(disks.disk.states) > 1 || disks.disk.activated != nil)) {
@@ -246,7 +246,7 @@ func TestMissingDiskIsAwaitedWithTheRecoveryListenerUp(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { _, err := l.mgr.Run(context.Background()); done <- err }()
-	if err := <-refusedPush; !errors.Is(err, unlock.ErrMalformed) {
+	if err := <-refusedPush; !errors.Is(err, unlock.ErrRefusedDisk) {
 		t.Fatalf("push without a disk answered %v", err)
 	}
 	select {
@@ -327,7 +327,7 @@ func TestBlankDiskRefusedWhenNewDisksAreNotAllowed(t *testing.T) {
 	if _, err := l.mgr.Run(ctx); !errors.Is(err, ErrRefused) {
 		t.Fatalf("err = %v, want ErrRefused", err)
 	}
-	if disks.formatted != 0 || len(l.modes) != 1 || l.modes[0] != ModeRefused || !errors.Is(answer, unlock.ErrMalformed) {
+	if disks.formatted != 0 || len(l.modes) != 1 || l.modes[0] != ModeRefused || !errors.Is(answer, unlock.ErrRefusedDisk) {
 		t.Fatalf("formatted %d, modes %v, push answered %v", disks.formatted, l.modes, answer)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/diskmapper/disk-mapper/internal/attestation/atls"
 	"github.com/diskmapper/disk-mapper/internal/constants"
 	"github.com/diskmapper/disk-mapper/internal/logging"
+	"github.com/diskmapper/disk-mapper/internal/nodestatus"
 	"github.com/diskmapper/disk-mapper/recoveryserver"
 	"github.com/diskmapper/disk-mapper/rejoinclient"
 	"github.com/diskmapper/disk-mapper/rejoinclient/metadata"
@@ -63,6 +64,8 @@ func newNode(o options, log *zap.Logger) (*node, error) {
 		return nil, err
 	}
 
+	// What `dmctl status` reports about the RejoinClient, learnt from its log.
+	board := nodestatus.New()
 	sources := func(uuid string, mode setup.DiskMode) ([]setup.KeySource, error) {
 		var out []setup.KeySource
 		// For a blank disk nothing can check a key, so every source must
@@ -87,12 +90,13 @@ func newNode(o options, log *zap.Logger) (*node, error) {
 				HandshakeTimeout: constants.RecoveryHandshakeTimeout, Log: log.Named("atls")})
 			out = append(out, recoveryserver.New(recoveryserver.Config{
 				DiskUUID: uuid, Listener: lis, Credentials: creds, Log: log.Named(constants.LoggerRecoveryServer),
+				Rejoin: board.Rejoin,
 			}))
 		}
 		if mode != setup.ModeRefused && endpoints != nil {
 			creds := atls.NewCredentials(atls.Config{Issuer: issuer, RootCAs: joinCA, Log: log.Named("atls")})
 			out = append(out, rejoinclient.New(rejoinclient.Config{
-				DiskUUID: uuid, Endpoints: endpoints, Credentials: creds, Log: log.Named(constants.LoggerRejoinClient),
+				DiskUUID: uuid, Endpoints: endpoints, Credentials: creds, Log: board.Observe(log.Named(constants.LoggerRejoinClient)),
 			}))
 		}
 		if len(out) == 0 {

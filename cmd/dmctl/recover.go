@@ -111,15 +111,34 @@ type progressLine struct {
 	DiskUUID  string `json:"diskUUID,omitempty"`
 	RetryInMs int64  `json:"retryInMs,omitempty"`
 	Error     string `json:"error,omitempty"`
-	Pushed    *int   `json:"pushed,omitempty"`
-	Failed    *int   `json:"failed,omitempty"`
+	// Outcome is set on a node's final line (pushed, already_unlocked,
+	// failed): unlocked, already_unlocked, refused or unreachable.
+	Outcome string `json:"outcome,omitempty"`
+	Detail  string `json:"detail,omitempty"`
+	Pushed  *int   `json:"pushed,omitempty"`
+	Failed  *int   `json:"failed,omitempty"`
+	// Summary counts per outcome.
+	Unlocked        *int `json:"unlocked,omitempty"`
+	AlreadyUnlocked *int `json:"alreadyUnlocked,omitempty"`
+	Refused         *int `json:"refused,omitempty"`
+	Unreachable     *int `json:"unreachable,omitempty"`
+	ExitCode        *int `json:"exitCode,omitempty"`
 }
 
 func (r *reporter) progress(p dmctl.Progress) {
 	if r.json {
-		line := progressLine{Endpoint: p.Endpoint, Event: string(p.Stage), Attempt: p.Attempt, DiskUUID: p.DiskUUID, RetryInMs: p.RetryIn.Milliseconds()}
+		line := progressLine{Endpoint: p.Endpoint, Event: string(p.Stage), Attempt: p.Attempt, DiskUUID: p.DiskUUID,
+			RetryInMs: p.RetryIn.Milliseconds(), Detail: p.Detail}
 		if p.Err != nil {
 			line.Error = p.Err.Error()
+		}
+		switch p.Stage {
+		case dmctl.StagePushed:
+			line.Outcome = string(dmctl.OutcomeUnlocked)
+		case dmctl.StageAlreadyUnlocked:
+			line.Outcome = string(dmctl.OutcomeAlreadyUnlocked)
+		case dmctl.StageFailed:
+			line.Outcome = string(failedOutcome(p.Err))
 		}
 		r.writeJSON(line)
 		return
@@ -139,29 +158,61 @@ func (r *reporter) progress(p dmctl.Progress) {
 		} else {
 			fmt.Fprintf(r.stdout, "%s: Pushed recovery key.\n", p.Endpoint)
 		}
+	case dmctl.StageAlreadyUnlocked:
+		// The node's own words say by whom ("already unlocked by its
+		// JoinService: ..."); the operator has nothing left to do.
+		if r.single {
+			fmt.Fprintf(r.stdout, "Node is %s.\n", p.Detail)
+		} else {
+			fmt.Fprintf(r.stdout, "%s: Node is %s.\n", p.Endpoint, p.Detail)
+		}
 	case dmctl.StageFailed:
-		fmt.Fprintf(r.stderr, "%s: FAILED: %v\n", p.Endpoint, p.Err)
+		if failedOutcome(p.Err) == dmctl.OutcomeUnreachable {
+			fmt.Fprintf(r.stderr, "%s: UNREACHABLE: %v\n", p.Endpoint, p.Err)
+		} else {
+			fmt.Fprintf(r.stderr, "%s: REFUSED: %v\n", p.Endpoint, p.Err)
+		}
 	}
 }
 
-func (r *reporter) summary(results []dmctl.Result) int {
-	pushed, failed := 0, 0
-	for _, res := range results {
-		if res.Err == nil {
-			pushed++
-		} else {
-			failed++
-		}
+// failedOutcome classifies the error of a StageFailed step like Recover's
+// Result.Outcome.
+func failedOutcome(err error) dmctl.Outcome {
+	if dmctl.GaveUp(err) {
+		return dmctl.OutcomeUnreachable
 	}
-	if r.json {
-		r.writeJSON(progressLine{Event: "summary", Pushed: &pushed, Failed: &failed})
-	} else if !r.single || failed > 0 {
-		fmt.Fprintf(r.stderr, "Recovered %d of %d nodes.\n", pushed, len(results))
-	}
-	if failed > 0 {
+	return dmctl.OutcomeRefused
+}
+
+// recoverExitCode: 0 all unlocked, 1 some refused, 3 some unreachable (and
+// none refused).
+func recoverExitCode(refused, unreachable int) int {
+	switch {
+	case refused > 0:
 		return exitFailed
+	case unreachable > 0:
+		return exitUnreachable
 	}
 	return exitOK
+}
+
+func (r *reporter) summary(results []dmctl.Result) int {
+	counts := map[dmctl.Outcome]int{}
+	for _, res := range results {
+		counts[res.Outcome]++
+	}
+	unlocked, already := counts[dmctl.OutcomeUnlocked], counts[dmctl.OutcomeAlreadyUnlocked]
+	refused, unreachable := counts[dmctl.OutcomeRefused], counts[dmctl.OutcomeUnreachable]
+	pushed, failed := unlocked+already, refused+unreachable
+	code := recoverExitCode(refused, unreachable)
+	if r.json {
+		r.writeJSON(progressLine{Event: "summary", Pushed: &pushed, Failed: &failed, Unlocked: &unlocked,
+			AlreadyUnlocked: &already, Refused: &refused, Unreachable: &unreachable, ExitCode: &code})
+	} else if !r.single || failed > 0 {
+		fmt.Fprintf(r.stderr, "Recovered %d of %d nodes (%d pushed, %d already unlocked, %d refused, %d unreachable).\n",
+			pushed, len(results), unlocked, already, refused, unreachable)
+	}
+	return code
 }
 
 func (r *reporter) writeJSON(v any) {

@@ -43,3 +43,38 @@ var (
 	// ErrDecided: another candidate already won the race.
 	ErrDecided = errors.New("a key has already been accepted")
 )
+
+// ErrAlreadyUnlocked: the race was already decided, by a key equal to this
+// candidate (the same operator push repeated, or a push of the key the
+// JoinService delivered first). It wraps ErrDecided, so a source that stops
+// on ErrDecided stops on it too; errors.As finds the AlreadyUnlockedError
+// that names the winning source.
+var ErrAlreadyUnlocked = errors.New("the node is already unlocked with this key")
+
+// AlreadyUnlockedError is the check's answer to a candidate that equals the
+// key that already won. Source is the winner's KeySource name.
+type AlreadyUnlockedError struct{ Source string }
+
+func (e *AlreadyUnlockedError) Error() string {
+	return ErrAlreadyUnlocked.Error() + " (accepted from " + e.Source + ")"
+}
+
+// Is makes the error match both ErrAlreadyUnlocked and ErrDecided.
+func (e *AlreadyUnlockedError) Is(target error) bool {
+	return target == ErrAlreadyUnlocked || target == ErrDecided
+}
+
+// ErrRefusedDisk: the node refuses its state disk (foreign data, a header
+// that failed verification, no disk, a blank disk it may not enrol); no key
+// can be checked. The error's text carries the reason.
+var ErrRefusedDisk = errors.New("state disk refused")
+
+// DecidedError is the cause (context.Cause) with which the race ends the
+// contexts of the sources that lost: Source's key opened the disk. It
+// matches ErrDecided.
+type DecidedError struct{ Source string }
+
+func (e *DecidedError) Error() string { return ErrDecided.Error() + " (from " + e.Source + ")" }
+
+// Is makes the error match ErrDecided.
+func (e *DecidedError) Is(target error) bool { return target == ErrDecided }

@@ -13,6 +13,7 @@ import (
 	"github.com/diskmapper/disk-mapper/diskencryption"
 	"github.com/diskmapper/disk-mapper/internal/testutil"
 	"github.com/diskmapper/disk-mapper/setup"
+	"google.golang.org/grpc/status"
 )
 
 // Disk faults (issue item 1): only a provably blank disk, or one of ours
@@ -21,13 +22,20 @@ import (
 
 const refusedMsg = "Refusing state disk; waiting for an operator"
 
+// refusedWith reports whether a push was answered as a refused disk should
+// be: FailedPrecondition "state disk refused: <reason>".
+func refusedWith(err error, reason string) bool {
+	return code(err) == "FailedPrecondition" && status.Convert(err).Message() == "state disk refused: "+reason
+}
+
 func anyKey(t testing.TB) func(string) []byte {
 	return func(string) []byte { return randomKey(t) }
 }
 
 // expectRefused runs a node on path and checks the refusal: the node logs
-// why, its RecoveryServer answers two pushes with InvalidArgument (it stays
-// up), it never formats, and not one byte of the disk changes.
+// why, its RecoveryServer answers two pushes with FailedPrecondition "state
+// disk refused: <reason>" (it stays up; never "malformed key"), it never
+// formats, and not one byte of the disk changes.
 func expectRefused(t *testing.T, name, path string) {
 	t.Helper()
 	before := readAll(t, path)
@@ -43,7 +51,7 @@ func expectRefused(t *testing.T, name, path string) {
 	formats := n.logs.count("Preparing new state disk")
 	got := fmt.Sprintf("refused: %s; pushes %s,%s; formats %d", reason, code(err1), code(err2), formats)
 	survived := st.mode == setup.ModeRefused && reason != "" &&
-		code(err1) == "InvalidArgument" && code(err2) == "InvalidArgument" &&
+		refusedWith(err1, reason) && refusedWith(err2, reason) &&
 		formats == 0 && errors.Is(runErr, setup.ErrRefused)
 	record(t, outcome{Case: "disk: " + name, Expected: "refused, listener up, untouched", Got: got,
 		Survived: survived, DataLost: changedBytes(before, after, 0)})
@@ -266,7 +274,7 @@ func TestDiskMissing(t *testing.T) {
 	waits := n.logs.count("Waiting for state disk")
 	got := fmt.Sprintf("waiting (%d reminders), listener mode %v uuid %q, push %s, disk created %v, run: %v",
 		waits, listener.mode, listener.uuid, code(pushErr), statErr == nil, shortErr(runErr))
-	survived := waits >= 3 && listener.addr != "" && listener.mode == setup.ModeRefused && code(pushErr) == "InvalidArgument" &&
+	survived := waits >= 3 && listener.addr != "" && listener.mode == setup.ModeRefused && refusedWith(pushErr, "no state disk") &&
 		os.IsNotExist(statErr) && errors.Is(runErr, context.Canceled)
 	// Nothing exists to lose: count what the node created where no disk was.
 	created := int64(0)

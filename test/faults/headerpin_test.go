@@ -72,7 +72,7 @@ func TestDiskHeaderRewrittenDuringKeyWait(t *testing.T) {
 			got := fmt.Sprintf("push %s; refused naming %s: %v; keyslots %d→%d; key opens: %v; second push %s; run: %v",
 				code(pushErr), tc.field, strings.Contains(reason, tc.field), slotsBefore, slotsAfter, opens, code(againErr), shortErr(runErr))
 			survived := refused.mode == setup.ModeRefused && strings.Contains(reason, tc.field) &&
-				slotsAfter == slotsBefore && !opens && code(againErr) == "InvalidArgument" &&
+				slotsAfter == slotsBefore && !opens && refusedWith(againErr, reason) &&
 				errors.Is(runErr, setup.ErrRefused) && len(n.mounter.calls) == 0
 			record(t, outcome{Case: "disk: header rewritten during the key wait: " + tc.name,
 				Expected: "refused naming the field, nothing enrolled, listener up", Got: got,
