@@ -20,7 +20,8 @@ import (
 var daemonPackages = []string{
 	"cmd/disk-mapper", "setup", "recoveryserver", "rejoinclient", "rejoinclient/metadata",
 	"diskencryption", "internal/attestation", "internal/attestation/atls", "internal/logging",
-	"internal/measure", "internal/nodestatus",
+	"internal/measure", "internal/nodestatus", "internal/keysocket",
+	"cloud", "cloud/aws", "cloud/azure", "cloud/gcp", "cloud/openstack", "cloud/internal/imds",
 }
 
 // codeEvent is what the code says about one event.
