@@ -206,6 +206,18 @@ func FileEvent(root, p string) (Event, error) {
 // An absent dir has no entries; an empty one has 'd' "." 0x00. Anything
 // else (devices, sockets, FIFOs) is refused: it has no content to measure.
 func ConfigDirEvent(root, dir string) (Event, error) {
+	payload, n, err := treePayload(root, dir, nil, true)
+	if err != nil {
+		return Event{}, err
+	}
+	desc := fmt.Sprintf("%s (%d entries)", dir, n)
+	return newEvent(constants.PCRConfig, KindConfigDir, desc, payload), nil
+}
+
+// treePayload is dir 0x00 followed by every entry below root+dir (sorted
+// by relative path; 'd'/'f'/'l' as in ConfigDirEvent), but those in skip.
+// With absentOK a missing dir has no entries; otherwise it is an error.
+func treePayload(root, dir string, skip map[string]bool, absentOK bool) ([]byte, int, error) {
 	type entry struct {
 		rel  string
 		data []byte
@@ -214,7 +226,7 @@ func ConfigDirEvent(root, dir string) (Event, error) {
 	base := filepath.Join(root, dir)
 	err := filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			if p == base && errors.Is(err, fs.ErrNotExist) {
+			if absentOK && p == base && errors.Is(err, fs.ErrNotExist) {
 				return fs.SkipAll
 			}
 			return err
@@ -224,6 +236,9 @@ func ConfigDirEvent(root, dir string) (Event, error) {
 			return err
 		}
 		rel = filepath.ToSlash(rel)
+		if skip[path.Join(dir, rel)] {
+			return nil
+		}
 		if strings.IndexByte(rel, 0) >= 0 {
 			return fmt.Errorf("%s: NUL in a file name", p)
 		}
@@ -250,15 +265,14 @@ func ConfigDirEvent(root, dir string) (Event, error) {
 		return nil
 	})
 	if err != nil {
-		return Event{}, fmt.Errorf("measuring %s: %w", dir, err)
+		return nil, 0, fmt.Errorf("measuring %s: %w", dir, err)
 	}
 	sort.Slice(entries, func(i, j int) bool { return entries[i].rel < entries[j].rel })
 	payload := append([]byte(dir), 0)
 	for _, e := range entries {
 		payload = append(payload, e.data...)
 	}
-	desc := fmt.Sprintf("%s (%d entries)", dir, len(entries))
-	return newEvent(constants.PCRConfig, KindConfigDir, desc, payload), nil
+	return payload, len(entries), nil
 }
 
 // EnvironmentFileEvent measures the image file p (the systemd unit's

@@ -30,9 +30,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -62,70 +60,13 @@ const SystemdDaemonPath = "/usr/bin/disk-mapper"
 func ImageTreeEvents(root string) ([]Event, error) {
 	var events []Event
 	for _, dir := range ImageTreeDirs {
-		payload, n, err := treePayload(root, dir, imageTreeSkip)
+		payload, n, err := treePayload(root, dir, imageTreeSkip, false)
 		if err != nil {
 			return nil, err
 		}
 		events = append(events, newEvent(constants.PCRImage, KindImageTree, fmt.Sprintf("%s (%d entries)", dir, n), payload))
 	}
 	return events, nil
-}
-
-// treePayload is dir 0x00 followed by every entry below root+dir (sorted
-// by relative path; 'd'/'f'/'l' as in ConfigDirEvent), but those in skip.
-func treePayload(root, dir string, skip map[string]bool) ([]byte, int, error) {
-	type entry struct {
-		rel  string
-		data []byte
-	}
-	var entries []entry
-	base := filepath.Join(root, dir)
-	err := filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(base, p)
-		if err != nil {
-			return err
-		}
-		rel = filepath.ToSlash(rel)
-		if skip[path.Join(dir, rel)] {
-			return nil
-		}
-		if strings.IndexByte(rel, 0) >= 0 {
-			return fmt.Errorf("%s: NUL in a file name", p)
-		}
-		var e []byte
-		switch t := d.Type(); {
-		case t.IsDir():
-			e = append(append([]byte{'d'}, rel...), 0)
-		case t.IsRegular():
-			h, err := fileDigest(p)
-			if err != nil {
-				return err
-			}
-			e = append(append(append([]byte{'f'}, rel...), 0), h...)
-		case t&fs.ModeSymlink != 0:
-			target, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			e = append(append(append(append([]byte{'l'}, rel...), 0), target...), 0)
-		default:
-			return fmt.Errorf("measure: %s is a %v, not a file, directory or symlink", p, t)
-		}
-		entries = append(entries, entry{rel, e})
-		return nil
-	})
-	if err != nil {
-		return nil, 0, fmt.Errorf("measuring %s: %w", dir, err)
-	}
-	sort.Slice(entries, func(i, j int) bool { return entries[i].rel < entries[j].rel })
-	payload := append([]byte(dir), 0)
-	for _, e := range entries {
-		payload = append(payload, e.data...)
-	}
-	return payload, len(entries), nil
 }
 
 // StubEvents are what dm-measure stub extends: the image tree below root
