@@ -167,39 +167,11 @@ func (c *Client) getOnce(ctx context.Context, path string) (string, error) {
 }
 
 // Self reads the role tag and the instance's private address.
-func (c *Client) Self(ctx context.Context) (cloud.Self, error) {
-	rv, err := c.get(ctx, tagPath+cloud.KeyRole)
-	if err != nil {
-		return cloud.Self{}, err
-	}
-	role, err := cloud.ParseRole(rv)
-	if err != nil {
-		return cloud.Self{}, fmt.Errorf("IMDS: %w", err)
-	}
-	iv, err := c.get(ctx, ipPath)
-	if err != nil {
-		return cloud.Self{}, err
-	}
-	ip, err := cloud.ParseIP("IMDS "+ipPath, iv)
-	if err != nil {
-		return cloud.Self{}, err
-	}
-	return cloud.Self{Role: role, IP: ip}, nil
-}
+func (c *Client) Self(ctx context.Context) (cloud.Self, error) { return c.keys().Self(ctx) }
 
 // Endpoints reads the tags afresh.
-func (c *Client) Endpoints(ctx context.Context) ([]string, error) {
-	self, err := c.Self(ctx)
-	if err != nil {
-		return nil, err
-	}
-	v, err := c.get(ctx, tagPath+cloud.KeyJoinEndpoints)
-	if err != nil {
-		return nil, err
-	}
-	eps, err := cloud.ParseEndpoints(v)
-	if err != nil {
-		return nil, fmt.Errorf("IMDS: %w", err)
-	}
-	return cloud.JoinEndpoints(self, eps)
+func (c *Client) Endpoints(ctx context.Context) ([]string, error) { return c.keys().Endpoints(ctx) }
+
+func (c *Client) keys() cloud.KeyValueMetadata {
+	return cloud.KeyValueMetadata{Name: "IMDS", Get: c.get, KeyPath: tagPath, IPPath: ipPath}
 }

@@ -90,39 +90,11 @@ func (c *Client) get(ctx context.Context, path string) (string, error) {
 }
 
 // Self reads the role attribute and nic0's address.
-func (c *Client) Self(ctx context.Context) (cloud.Self, error) {
-	rv, err := c.get(ctx, attributePath+cloud.KeyRole)
-	if err != nil {
-		return cloud.Self{}, err
-	}
-	role, err := cloud.ParseRole(rv)
-	if err != nil {
-		return cloud.Self{}, fmt.Errorf("GCP metadata: %w", err)
-	}
-	iv, err := c.get(ctx, ipPath)
-	if err != nil {
-		return cloud.Self{}, err
-	}
-	ip, err := cloud.ParseIP("GCP metadata "+ipPath, iv)
-	if err != nil {
-		return cloud.Self{}, err
-	}
-	return cloud.Self{Role: role, IP: ip}, nil
-}
+func (c *Client) Self(ctx context.Context) (cloud.Self, error) { return c.keys().Self(ctx) }
 
 // Endpoints reads the attributes afresh (no cache: one round, one read).
-func (c *Client) Endpoints(ctx context.Context) ([]string, error) {
-	self, err := c.Self(ctx)
-	if err != nil {
-		return nil, err
-	}
-	v, err := c.get(ctx, attributePath+cloud.KeyJoinEndpoints)
-	if err != nil {
-		return nil, err
-	}
-	eps, err := cloud.ParseEndpoints(v)
-	if err != nil {
-		return nil, fmt.Errorf("GCP metadata: %w", err)
-	}
-	return cloud.JoinEndpoints(self, eps)
+func (c *Client) Endpoints(ctx context.Context) ([]string, error) { return c.keys().Endpoints(ctx) }
+
+func (c *Client) keys() cloud.KeyValueMetadata {
+	return cloud.KeyValueMetadata{Name: "GCP metadata", Get: c.get, KeyPath: attributePath, IPPath: ipPath}
 }
