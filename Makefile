@@ -67,7 +67,7 @@ vmtest: deps image
 bench:
 	./scripts/bench.sh
 
-# The VM measurements (boots the node 20 times): time to key with dead
+# The VM measurements (boots the node DM_VM_BENCH_RUNS × 5 times, default 10): time to key with dead
 # JoinService endpoints of each kind beside a healthy one.
 bench-vm: deps image
 	DM_VM_BENCH=1 $(GO) test -tags vmtest -count=1 -timeout 30m -run 'TestMeasureTimeToKeyWithDeadEndpoints' ./test/integration/

@@ -38,13 +38,19 @@ func (c *Client) requestTicket(ctx context.Context, endpoint string, conn *grpc.
 	defer cancel()
 
 	if conn == nil {
+		raw, err := dialTCP(ctx, endpoint)
+		if err != nil {
+			return unlock.Key{}, nil, err
+		}
 		// passthrough: the endpoint is dialled as given, no DNS resolver is
 		// involved (the initrd has none, and a list of IPs needs none).
 		conn, err = grpc.NewClient("passthrough:///"+endpoint,
 			grpc.WithTransportCredentials(c.creds),
+			grpc.WithContextDialer(firstThenDial(raw)),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxTicketSize)),
 		)
 		if err != nil {
+			raw.Close()
 			return unlock.Key{}, nil, fmt.Errorf("creating gRPC client for %s: %w", endpoint, err)
 		}
 	}

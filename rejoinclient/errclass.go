@@ -34,6 +34,8 @@ func classify(err error) string {
 		return classWrongKey
 	case errors.Is(err, unlock.ErrMalformed), errors.Is(err, errMalformedTicket):
 		return classMalformed
+	case errors.Is(err, errRefused):
+		return classRefused
 	case errors.Is(err, context.DeadlineExceeded):
 		return classTimeout
 	case errors.Is(err, context.Canceled):

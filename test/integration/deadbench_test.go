@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,14 +18,16 @@ import (
 // prints how much dead JoinService endpoints beside a healthy one delay the
 // key in the VM (DESIGN.md §8: ≤ 1.5× healthy-only), and asserts nothing
 // about time. It runs only with DM_VM_BENCH=1 (`make bench-vm`), since it
-// boots the node 5 × 4 times.
+// boots the node DM_VM_BENCH_RUNS (default 10) × 5 times.
 //
 // The dead endpoints come in two kinds, so the cause of a slowdown shows:
 //   - silent: guestfwd to a host listener that accepts and never answers;
 //     slirp forks a helper process per connection (QEMU's main loop), and
 //     the guest sends a ClientHello;
 //   - blackhole: a virtual address with no forward; restrict=on drops the
-//     SYN, so the guest only dials.
+//     SYN, so the guest only dials;
+//   - closed: guestfwd to a closed host port; the helper's connect is
+//     refused, so the guest's connection opens and then ends at once.
 func TestMeasureTimeToKeyWithDeadEndpoints(t *testing.T) {
 	if os.Getenv("DM_VM_BENCH") != "1" {
 		t.Skip("a measurement: DM_VM_BENCH=1 (make bench-vm) runs it")
@@ -44,6 +47,15 @@ func TestMeasureTimeToKeyWithDeadEndpoints(t *testing.T) {
 		t.Cleanup(func() { l.Close() })
 		return peer{name: fmt.Sprintf("cp-silent-%d", i), vpcIP: fmt.Sprintf("10.0.2.%d", 110+i), hostPort: l.Addr().(*net.TCPAddr).Port}
 	}
+	closed := func(i int) peer {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		return peer{name: fmt.Sprintf("cp-closed-%d", i), vpcIP: fmt.Sprintf("10.0.2.%d", 130+i), hostPort: port}
+	}
 	blackhole := func(i int) peer {
 		return peer{name: fmt.Sprintf("cp-hole-%d", i), vpcIP: fmt.Sprintf("10.0.2.%d", 120+i)}
 	}
@@ -54,9 +66,13 @@ func TestMeasureTimeToKeyWithDeadEndpoints(t *testing.T) {
 		{"healthy only", func() []peer { return nil }},
 		{"+3 silent (guestfwd)", func() []peer { return []peer{silent(0), silent(1), silent(2)} }},
 		{"+3 blackholed (no forward)", func() []peer { return []peer{blackhole(0), blackhole(1), blackhole(2)} }},
+		{"+2 closed (guestfwd, refused)", func() []peer { return []peer{closed(0), closed(1)} }},
 		{"+5 dead (3 silent, 2 closed)", func() []peer { return append([]peer{silent(3), silent(4), silent(5)}, deadPeers(t)...) }},
 	}
-	const runs = 5
+	runs := 10
+	if v, err := strconv.Atoi(os.Getenv("DM_VM_BENCH_RUNS")); err == nil && v > 0 {
+		runs = v
+	}
 	attempt := map[string][]time.Duration{} // the healthy attempt, guest clock
 	toKey := map[string][]time.Duration{}   // first request → ticket accepted, host clock
 	for run := range runs {
