@@ -6,10 +6,11 @@ import (
 )
 
 const sample = `goos: linux
-BenchmarkCheckKey/ours-2         	       1	   6100000 ns/op
-BenchmarkCheckKey/argon2id-2     	       1	2100000000 ns/op	         0.003000 ours/argon2id
-BenchmarkCheckKey/argon2id-2     	       1	2100000000 ns/op	         0.002000 ours/argon2id
-BenchmarkCheckKey/argon2id-2     	       1	2100000000 ns/op	         0.020000 ours/argon2id
+BenchmarkCheckKey-2     	       1	2100000000 ns/op	      6100 µs-ours	      2100 ms-argon2id	         0.003000 ours/argon2id
+--- BENCH: BenchmarkCheckKey-2
+    bench_test.go:20: argon2id format (with libcryptsetup's PBKDF benchmark) took 6s
+BenchmarkCheckKey-2     	       1	2100000000 ns/op	      4200 µs-ours	      2100 ms-argon2id	         0.002000 ours/argon2id
+BenchmarkCheckKey-2     	       1	2100000000 ns/op	     42000 µs-ours	      2100 ms-argon2id	         0.020000 ours/argon2id
 BenchmarkTimeToKey/5dead+1healthy/random-2 	      10	  400000 ns/op	 2.0 ratio	 1.1 p50-ratio
 PASS
 `
