@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/diskmapper/disk-mapper/internal/prereq"
 	"github.com/diskmapper/disk-mapper/internal/testutil"
 	"github.com/diskmapper/disk-mapper/internal/unlock"
 )
@@ -75,9 +76,9 @@ func TestBlankDiskHeaderRewrittenDuringKeyWaitIsRefused(t *testing.T) {
 		t.Fatalf("refusal log %v does not name the field", refusal)
 	}
 	// No allow-list here: would the key open any keyslot at all?
-	check := exec.Command("cryptsetup", "open", "--test-passphrase", "--key-file", "-", path)
+	check := exec.Command(prereq.NeedTool(t, "cryptsetup", "cryptsetup-bin"), "open", "--test-passphrase", "--key-file", "-", path)
 	check.Stdin = bytes.NewReader(key.DiskKey)
-	if _, lookErr := exec.LookPath("cryptsetup"); lookErr == nil && check.Run() == nil {
+	if check.Run() == nil {
 		t.Fatal("the cluster key was enrolled into the rewritten header")
 	}
 }

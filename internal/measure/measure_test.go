@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/diskmapper/disk-mapper/internal/constants"
+	"github.com/diskmapper/disk-mapper/internal/prereq"
 )
 
 // initSplit runs the split_cmdline block of image/init, verbatim, in
@@ -18,13 +19,7 @@ import (
 // actions it produced.
 func initSplit(t *testing.T, cmdline string) (flags, actions []string) {
 	t.Helper()
-	busybox, err := exec.LookPath("busybox")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("busybox (busybox-static) is required under CI")
-		}
-		t.Skip("busybox not installed")
-	}
+	busybox := prereq.NeedTool(t, "busybox", "busybox-static")
 	src, err := os.ReadFile("../../image/init")
 	if err != nil {
 		t.Fatal(err)
