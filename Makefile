@@ -67,10 +67,11 @@ vmtest: deps image
 bench:
 	./scripts/bench.sh
 
-# The VM measurements (boots the node DM_VM_BENCH_RUNS × 5 times, default 10): time to key with dead
-# JoinService endpoints of each kind beside a healthy one.
+# The VM measurements (DM_VM_BENCH_RUNS boots per configuration, default 10):
+# time to key with dead JoinService endpoints of each kind beside a healthy
+# one, and where the boot's time goes until "Waiting for decryption key".
 bench-vm: deps image
-	DM_VM_BENCH=1 $(GO) test -tags vmtest -count=1 -timeout 30m -run 'TestMeasureTimeToKeyWithDeadEndpoints' ./test/integration/
+	DM_VM_BENCH=1 $(GO) test -tags vmtest -count=1 -timeout 30m -run 'TestMeasureTimeToKeyWithDeadEndpoints|TestMeasureBootPhases' ./test/integration/
 
 # Every fuzz target for a short bounded time (seed corpora in testdata/fuzz).
 fuzz:

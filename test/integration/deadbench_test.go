@@ -69,10 +69,7 @@ func TestMeasureTimeToKeyWithDeadEndpoints(t *testing.T) {
 		{"+2 closed (guestfwd, refused)", func() []peer { return []peer{closed(0), closed(1)} }},
 		{"+5 dead (3 silent, 2 closed)", func() []peer { return append([]peer{silent(3), silent(4), silent(5)}, deadPeers(t)...) }},
 	}
-	runs := 10
-	if v, err := strconv.Atoi(os.Getenv("DM_VM_BENCH_RUNS")); err == nil && v > 0 {
-		runs = v
-	}
+	runs := benchRuns()
 	attempt := map[string][]time.Duration{} // the healthy attempt, guest clock
 	toKey := map[string][]time.Duration{}   // first request → ticket accepted, host clock
 	for run := range runs {
@@ -112,6 +109,15 @@ func TestMeasureTimeToKeyWithDeadEndpoints(t *testing.T) {
 	fmt.Print(out.String())
 	_ = os.MkdirAll(filepath.Join("..", "..", "build", "bench"), 0o755)
 	_ = os.WriteFile(filepath.Join("..", "..", "build", "bench", "vm-dead-endpoints.txt"), []byte(out.String()), 0o644)
+}
+
+// benchRuns is DM_VM_BENCH_RUNS, default 10: how often a VM measurement
+// boots each configuration.
+func benchRuns() int {
+	if v, err := strconv.Atoi(os.Getenv("DM_VM_BENCH_RUNS")); err == nil && v > 0 {
+		return v
+	}
+	return 10
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

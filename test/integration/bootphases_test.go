@@ -1,0 +1,85 @@
+//go:build vmtest
+
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/diskmapper/disk-mapper/test/vmtest"
+)
+
+// TestMeasureBootPhases is a measurement, not a check: where the time from
+// QEMU's start to "Waiting for decryption key" goes on a rejoin boot of the
+// busybox image (DESIGN.md §8: ≤ 4 s). It prints, for every line up to the
+// waiting line, the median (min–max) host time since QEMU started, over
+// DM_VM_BENCH_RUNS boots (default 10). Only with DM_VM_BENCH=1.
+func TestMeasureBootPhases(t *testing.T) {
+	if os.Getenv("DM_VM_BENCH") != "1" {
+		t.Skip("a measurement: DM_VM_BENCH=1 (make bench-vm) runs it")
+	}
+	scenario(t)
+	s := getSuite(t)
+	ctx := scenarioContext(t)
+	js := s.startJoinService(ctx, t)
+	n := s.newNode(ctx, t, "node-phases")
+	firstBoot(ctx, t, n, js, bootOpts{})
+
+	runs := benchRuns()
+	at := map[string][]time.Duration{} // phase → host time since QEMU start
+	for run := range runs {
+		b := n.boot(ctx, t, bootOpts{label: fmt.Sprintf("phases #%d", run), peers: []peer{js.peer()}})
+		b.mustMsg(ctx, t, "Waiting for decryption key")
+		seen := map[string]bool{}
+		for _, l := range b.Lines() {
+			name := phaseName(l)
+			if seen[name] {
+				continue
+			}
+			seen[name] = true
+			at[name] = append(at[name], l.At)
+			if l.Msg() == "Waiting for decryption key" {
+				break
+			}
+		}
+		b.finish(ctx, t)
+	}
+
+	type phase struct {
+		name string
+		v    []time.Duration
+	}
+	var phases []phase
+	for name, v := range at {
+		phases = append(phases, phase{name, sortedDur(v)})
+	}
+	sort.Slice(phases, func(i, j int) bool { return medianDur(phases[i].v) < medianDur(phases[j].v) })
+	var out strings.Builder
+	fmt.Fprintf(&out, "VM boot phases, busybox image, rejoin boot (%d runs; host ms since QEMU start; load %s)\n", runs, loadAverage())
+	fmt.Fprintf(&out, "%-70s | %s\n", "first line of", "median (min – max), n")
+	for _, p := range phases {
+		fmt.Fprintf(&out, "%-70s | %6.0f (%5.0f – %5.0f), %d\n", p.name, ms(medianDur(p.v)), ms(minDur(p.v)), ms(maxDur(p.v)), len(p.v))
+	}
+	t.Log("\n" + out.String())
+	fmt.Print(out.String())
+	_ = os.MkdirAll(filepath.Join("..", "..", "build", "bench"), 0o755)
+	_ = os.WriteFile(filepath.Join("..", "..", "build", "bench", "vm-boot-phases.txt"), []byte(out.String()), 0o644)
+}
+
+// phaseName names a line by its logger and event (dm-measure lines also by
+// what they measured).
+func phaseName(l vmtest.Line) string {
+	name := l.Str("logger") + " " + l.Event()
+	if l.Str("logger") == "dm-measure" {
+		name += " " + l.Str("kind")
+	}
+	if m := l.Msg(); m != "" {
+		name += " (" + m + ")"
+	}
+	return strings.TrimSpace(name)
+}
