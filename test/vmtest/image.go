@@ -92,6 +92,12 @@ func BuildInitrd(t testing.TB, spec ImageSpec) (Image, error) {
 	return img, nil
 }
 
+// ImageBuildFlags are the go build flags of every binary in an image
+// (image/image.mk's GO_IMAGE_FLAGS): no symbol table or DWARF (-s -w), no
+// build paths (-trimpath). dm-measure hashes the daemon at every boot, so
+// its size is boot time under TCG: 20 MB unstripped, 14 MB stripped.
+var ImageBuildFlags = []string{"-trimpath", "-ldflags=-s -w"}
+
 // BuildGo builds the main package pkg (e.g. "./cmd/disk-mapper", relative
 // to the module root) into out, with extra environment (e.g. "CGO_ENABLED=0").
 func BuildGo(t testing.TB, pkg, out string, env ...string) error {
@@ -104,7 +110,8 @@ func BuildGo(t testing.TB, pkg, out string, env ...string) error {
 	if err != nil {
 		goBin = "/usr/local/go/bin/go"
 	}
-	return runLogged(t, root, env, goBin, "build", "-o", out, pkg)
+	argv := append(append([]string{goBin, "build"}, ImageBuildFlags...), "-o", out, pkg)
+	return runLogged(t, root, env, argv...)
 }
 
 func runLogged(t testing.TB, dir string, env []string, argv ...string) error {
