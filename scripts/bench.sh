@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 count=${COUNT:-5}
 out=build/bench
 mkdir -p "$out"
-rm -f "$out"/*.txt
+rm -f "$out"/__*.txt "$out/table.txt" # not bench-vm's vm-*.txt
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 # package | benchmark | -benchtime (samples per run)
 while read -r pkg bench benchtime; do
