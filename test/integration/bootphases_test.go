@@ -23,15 +23,7 @@ import (
 // variant, booted interleaved with the first, to try a tuning under the
 // same machine load.
 func TestMeasureBootPhases(t *testing.T) {
-	if os.Getenv("DM_VM_BENCH") != "1" {
-		t.Skip("a measurement: DM_VM_BENCH=1 (make bench-vm) runs it")
-	}
-	scenario(t)
-	s := getSuite(t)
-	ctx := scenarioContext(t)
-	js := s.startJoinService(ctx, t)
-	n := s.newNode(ctx, t, "node-phases")
-	firstBoot(ctx, t, n, js, bootOpts{})
+	ctx, js, n := startMeasurement(t, "node-phases")
 
 	runs := benchRuns()
 	variants := [][]string{nil}

@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -29,15 +30,7 @@ import (
 //   - closed: guestfwd to a closed host port; the helper's connect is
 //     refused, so the guest's connection opens and then ends at once.
 func TestMeasureTimeToKeyWithDeadEndpoints(t *testing.T) {
-	if os.Getenv("DM_VM_BENCH") != "1" {
-		t.Skip("a measurement: DM_VM_BENCH=1 (make bench-vm) runs it")
-	}
-	scenario(t)
-	s := getSuite(t)
-	ctx := scenarioContext(t)
-	js := s.startJoinService(ctx, t)
-	n := s.newNode(ctx, t, "node-bench")
-	uuid := firstBoot(ctx, t, n, js, bootOpts{})
+	ctx, js, n := startMeasurement(t, "node-bench")
 
 	silent := func(i int) peer {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -86,7 +79,6 @@ func TestMeasureTimeToKeyWithDeadEndpoints(t *testing.T) {
 			b.finish(ctx, t)
 		}
 	}
-	_ = uuid
 
 	var out strings.Builder
 	fmt.Fprintf(&out, "VM time to key with dead endpoints (%d runs each, interleaved; load %s)\n", runs, loadAverage())
@@ -109,6 +101,22 @@ func TestMeasureTimeToKeyWithDeadEndpoints(t *testing.T) {
 	fmt.Print(out.String())
 	_ = os.MkdirAll(filepath.Join("..", "..", "build", "bench"), 0o755)
 	_ = os.WriteFile(filepath.Join("..", "..", "build", "bench", "vm-dead-endpoints.txt"), []byte(out.String()), 0o644)
+}
+
+// startMeasurement begins a VM measurement: skipped unless DM_VM_BENCH=1,
+// then a JoinService and one node, booted once to format its disk.
+func startMeasurement(t *testing.T, name string) (context.Context, *joinService, *node) {
+	t.Helper()
+	if os.Getenv("DM_VM_BENCH") != "1" {
+		t.Skip("a measurement: DM_VM_BENCH=1 (make bench-vm) runs it")
+	}
+	scenario(t)
+	s := getSuite(t)
+	ctx := scenarioContext(t)
+	js := s.startJoinService(ctx, t)
+	n := s.newNode(ctx, t, name)
+	firstBoot(ctx, t, n, js, bootOpts{})
+	return ctx, js, n
 }
 
 // benchRuns is DM_VM_BENCH_RUNS, default 10: how often a VM measurement
