@@ -25,9 +25,10 @@ image-kernel:
 
 # disk-mapper links libcryptsetup (cgo): mkinitramfs.sh copies its ldd closure.
 # dm-measure is static. Both are rebuilt every time; go's cache makes that cheap.
-# GO_IMAGE_FLAGS (test/vmtest.ImageBuildFlags too): stripped, without build
-# paths; dm-measure hashes the daemon at every boot, so its size is boot time.
-GO_IMAGE_FLAGS := -trimpath -ldflags='-s -w'
+# GO_IMAGE_FLAGS (test/vmtest.ImageBuildFlags too): stripped; dm-measure
+# hashes the daemon at every boot, so its size is boot time. Link flags only,
+# so the tools built beside the image share the compiled packages.
+GO_IMAGE_FLAGS := -ldflags='-s -w'
 image-bins:
 	mkdir -p $(IMAGE_OUT)/bin
 	$(GO) build $(GO_IMAGE_FLAGS) -o $(IMAGE_OUT)/bin/disk-mapper ./cmd/disk-mapper
